@@ -1,0 +1,127 @@
+"""The contract every keypoint representation implements, built-in or plugin.
+
+A representation turns canonical keypoints into training targets (``encode``), builds the head that sits on
+the shared backbone (``build_head``), scores the head's outputs against the targets (``loss``) and turns
+outputs back into canonical input-pixel coordinates with a confidence (``decode``). ``flip_back`` undoes a
+horizontal flip of the input on the raw outputs, so that the flip test is one average for every
+representation. ``ideal_outputs`` is what a perfect network would emit; ``decode(ideal_outputs(k))`` is the
+representation's quantisation floor, and ``floor_tolerance_px`` bounds its error in the interior of the
+input, in canonical input pixels.
+
+Keypoints are (B, K, 2) float tensors in (x, y) order, canonical input pixels (pixel i covers [i, i+1));
+``visible`` is (B, K) with 1 for labelled keypoints and 0 otherwise. Sizes are (H, W).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from . import registry
+
+FlipPairs = Sequence[tuple[int, int]]
+
+
+def map_tensors(fn, outputs: Any) -> Any:
+    """Apply ``fn`` to every tensor of a tensor, NamedTuple or tuple of tensors, keeping the structure."""
+    if isinstance(outputs, torch.Tensor):
+        return fn(outputs)
+    if isinstance(outputs, tuple):
+        mapped = [map_tensors(fn, item) for item in outputs]
+        return type(outputs)(*mapped) if hasattr(outputs, "_fields") else tuple(mapped)
+    if outputs is None:
+        return None
+    raise TypeError(f"cannot map over outputs of type {type(outputs).__name__}")
+
+
+def zip_tensors(fn, first: Any, second: Any) -> Any:
+    """Combine two outputs of the same structure tensor by tensor with ``fn(a, b)``."""
+    if isinstance(first, torch.Tensor):
+        return fn(first, second)
+    if isinstance(first, tuple):
+        merged = [zip_tensors(fn, a, b) for a, b in zip(first, second)]
+        return type(first)(*merged) if hasattr(first, "_fields") else tuple(merged)
+    if first is None:
+        return None
+    raise TypeError(f"cannot combine outputs of type {type(first).__name__}")
+
+
+class Representation(abc.ABC):
+    """Base class of every keypoint representation; subclasses set ``config_class``."""
+
+    name: ClassVar[str] = "unregistered"  # set by the registry to the entry-point name
+    config_class: ClassVar[type]
+    floor_tolerance_px: ClassVar[float]  # bound on |decode(ideal_outputs(k)) - k| in the interior, input px
+
+    def __init__(self, config: Any, input_size: tuple[int, int], num_keypoints: int):
+        height, width = input_size
+        if height <= 0 or width <= 0 or num_keypoints <= 0:
+            raise ValueError(f"input_size (H, W)={input_size} and num_keypoints={num_keypoints} must be positive")
+        self.config = config
+        self.input_size = (int(height), int(width))
+        self.num_keypoints = int(num_keypoints)
+
+    @classmethod
+    def default_config(cls, input_size: tuple[int, int]) -> Any:
+        """The paper's defaults for an input of (H, W); override where the paper has a per-resolution table."""
+        return cls.config_class()
+
+    @abc.abstractmethod
+    def output_size(self) -> tuple[int, int]:
+        """(H, W) of the grid the representation decodes on (heatmap, bins, or queried map)."""
+
+    @abc.abstractmethod
+    def build_head(self, in_channels: int, in_stride: int) -> nn.Module:
+        """The head on the shared (B, in_channels, H / in_stride, W / in_stride) features; returns outputs."""
+
+    @abc.abstractmethod
+    def encode(self, keypoints: torch.Tensor, visible: torch.Tensor) -> Any:
+        """Training targets for (B, K, 2) canonical keypoints and (B, K) visibility; what ``loss`` takes."""
+
+    @abc.abstractmethod
+    def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """Scalar loss; unlabelled keypoints contribute nothing."""
+
+    @abc.abstractmethod
+    def decode(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K, 2) canonical input-pixel keypoints and (B, K) scores."""
+
+    @abc.abstractmethod
+    def flip_back(self, outputs: Any, flip_pairs: FlipPairs) -> Any:
+        """Outputs for a horizontally flipped input, mapped back to the unflipped frame (pairs swapped)."""
+
+    @abc.abstractmethod
+    def ideal_outputs(self, keypoints: torch.Tensor, visible: torch.Tensor) -> Any:
+        """What a perfect network would emit for these keypoints."""
+
+    def merge_flipped(self, outputs: Any, flipped_back: Any) -> Any:
+        """The flip-test average of the outputs and the flipped-back outputs of the mirrored input."""
+        return zip_tensors(lambda a, b: (a + b) / 2, outputs, flipped_back)
+
+    def resolved_config(self) -> dict:
+        """The configuration as plain data, recorded with every result."""
+        return dataclasses.asdict(self.config)
+
+
+def build_representation(name: str, input_size: tuple[int, int], num_keypoints: int, **overrides) -> Representation:
+    """A configured representation: the paper's defaults for ``input_size`` (H, W), then ``overrides``.
+
+    Unknown override keys are errors that name the valid fields.
+    """
+    cls = registry.get(name)
+    config = cls.default_config(tuple(input_size))
+    if overrides:
+        fields = {field.name for field in dataclasses.fields(config)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(f"{name}: unknown config field(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+        config = dataclasses.replace(config, **overrides)
+    return cls(config, tuple(input_size), num_keypoints)
+
+
+def available_representations() -> list[str]:
+    """Names of every registered representation, plugins included."""
+    return registry.available()
