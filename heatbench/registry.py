@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from importlib.metadata import entry_points
 
+from .errors import HeatbenchError
+
 ENTRY_POINT_GROUP = "heatbench.representations"
 log = logging.getLogger(__name__)
 
@@ -17,7 +19,7 @@ _origins: dict[str, str] = {}
 _loaded = False
 
 
-class UnknownRepresentationError(KeyError):
+class UnknownRepresentationError(HeatbenchError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; a user-facing error should not
         return self.args[0]
 

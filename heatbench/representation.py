@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import registry
+from .errors import HeatbenchError
 
 FlipPairs = Sequence[tuple[int, int]]
 
@@ -49,12 +50,18 @@ def zip_tensors(fn, first: Any, second: Any) -> Any:
     raise TypeError(f"cannot combine outputs of type {type(first).__name__}")
 
 
+class ConfigError(HeatbenchError, ValueError):
+    """A representation config that cannot be built: an unknown field or an invalid value."""
+
+
 class Representation(abc.ABC):
     """Base class of every keypoint representation; subclasses set ``config_class``."""
 
     name: ClassVar[str] = "unregistered"  # set by the registry to the entry-point name
     config_class: ClassVar[type]
-    floor_tolerance_px: ClassVar[float]  # bound on |decode(ideal_outputs(k)) - k| in the interior, input px
+    # Bound on |decode(ideal_outputs(k)) - k| for interior keypoints, in input px: a class attribute, or a
+    # property where it depends on the config (e.g. SimCC's split ratio). Read it on an instance.
+    floor_tolerance_px: float
 
     def __init__(self, config: Any, input_size: tuple[int, int], num_keypoints: int):
         height, width = input_size
@@ -112,14 +119,17 @@ def build_representation(name: str, input_size: tuple[int, int], num_keypoints: 
     Unknown override keys are errors that name the valid fields.
     """
     cls = registry.get(name)
-    config = cls.default_config(tuple(input_size))
-    if overrides:
-        fields = {field.name for field in dataclasses.fields(config)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise ValueError(f"{name}: unknown config field(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
-        config = dataclasses.replace(config, **overrides)
-    return cls(config, tuple(input_size), num_keypoints)
+    try:
+        config = cls.default_config(tuple(input_size))
+        if overrides:
+            fields = {field.name for field in dataclasses.fields(config)}
+            unknown = sorted(set(overrides) - fields)
+            if unknown:
+                raise ValueError(f"unknown config field(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+            config = dataclasses.replace(config, **overrides)
+        return cls(config, tuple(input_size), num_keypoints)
+    except ValueError as error:  # the config's own validation names the field; add the representation
+        raise ConfigError(f"{name} at {input_size[0]}x{input_size[1]}: {error}") from error
 
 
 def available_representations() -> list[str]:
