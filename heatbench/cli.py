@@ -1,0 +1,105 @@
+"""Command line: ``python -m heatbench {run,list,floor} ...`` (also installed as ``heatbench``).
+
+User errors (a bad flag value, an unknown name, an unreadable file) print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import registry
+from .errors import HeatbenchError
+from .representation import ConfigError
+
+
+def _add_run(commands) -> None:
+    parser = commands.add_parser("run", help="train and evaluate representations; write a comparison table")
+    parser.add_argument("--repr", required=True, help="comma-separated representation names (see `heatbench list`)")
+    parser.add_argument("--res", default="64", help="input sizes, N or HxW, comma-separated (default 64)")
+    parser.add_argument("--data", default="default",
+                        help="'default' (the embedded mirror-mouse set), a DeepLabCut CSV or a COCO/MPII JSON")
+    parser.add_argument("--image-root", help="image folder for --data (default: the annotation file's folder)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the TrainConfig default)")
+    parser.add_argument("--batch-size", type=int, help="training batch size")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per representation x resolution (seeds 0..N-1)")
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--backbone", type=int, choices=(18, 50), help="ResNet depth (default 18)")
+    parser.add_argument("--pretrained", help="local torchvision-format ResNet checkpoint for the backbone")
+    parser.add_argument("--set", action="append", default=[], metavar="REPR.FIELD=VALUE",
+                        help="override one config field of one representation, e.g. heatmap.decoder=argmax")
+    parser.add_argument("--no-flip-test", action="store_true", help="evaluate without the flip test")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results root (default results/)")
+    parser.add_argument("--name", help="run name (default: the representations and sizes)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+    parser.add_argument("--resume", action="store_true", help="continue each run from its last checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run(args) -> None:
+    import dataclasses
+
+    from .runner import RunSpec, parse_overrides, parse_resolutions, run
+    from .train import TrainConfig
+
+    names = [name.strip() for name in args.repr.split(",") if name.strip()]
+    if not names:
+        raise HeatbenchError("--repr: name at least one representation")
+    for name in names:
+        registry.get(name)
+    changes = {"epochs": args.epochs, "batch_size": args.batch_size, "backbone_depth": args.backbone,
+               "pretrained": args.pretrained}
+    train = dataclasses.replace(TrainConfig(), flip_test=not args.no_flip_test,
+                                **{key: value for key, value in changes.items() if value is not None})
+    if args.seeds < 1:
+        raise HeatbenchError(f"--seeds {args.seeds}: must be >= 1")
+    run(RunSpec(representations=names, resolutions=parse_resolutions(args.res), data=args.data,
+                image_root=args.image_root, seeds=args.seeds, first_seed=args.seed, device=args.device,
+                out=args.out, name=args.name, overrides=parse_overrides(args.set, names), train=train,
+                checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=not args.quiet))
+
+
+def _list(args) -> None:
+    for name, origin in registry.origins().items():
+        print(f"{name:<12} {origin}")
+
+
+def _add_floor(commands) -> None:
+    parser = commands.add_parser("floor", help="the codec-floor table: decode(ideal outputs) error, no training")
+    parser.add_argument("--repr", default="all", help="'all' or comma-separated names")
+    parser.add_argument("--res", default="64,128,256x192", help="input sizes (default 64,128,256x192)")
+    parser.add_argument("--n", type=int, default=2000, help="random keypoints per region")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results/floor"))
+
+
+def _floor(args) -> None:
+    from . import floor
+    from .runner import parse_resolutions
+
+    names = registry.available() if args.repr == "all" else [n.strip() for n in args.repr.split(",") if n.strip()]
+    for name in names:
+        registry.get(name)
+    if args.n < 1:
+        raise HeatbenchError(f"--n {args.n}: must be >= 1")
+    rows = floor.floor_rows(names, parse_resolutions(args.res), n=args.n, seed=args.seed)
+    print(floor.write_floor_table(rows, args.out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="heatbench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_run(commands)
+    commands.add_parser("list", help="registered representations and where each came from")
+    _add_floor(commands)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    handlers = {"run": _run, "list": _list, "floor": _floor}
+    try:
+        handlers[args.command](args)
+    except (HeatbenchError, registry.UnknownRepresentationError, ConfigError) as error:
+        print(f"heatbench {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,102 @@
+"""Accuracy metrics on predictions in original-image canonical coordinates.
+
+Every metric averages over *labelled* ground-truth keypoints (visible = 1) of the evaluated instances:
+- mean error, in input pixels (the crop the network sees) and in original-image pixels;
+- PCK@t: fraction of labelled keypoints within t x the instance's box size, box size = max(box w, box h) in
+  image pixels (ours: top-down benchmarks without head boxes commonly normalise by the box);
+- PCKh@0.5 and @0.1 (threshold 0.1 exactly) where the data set has head boxes; head size = 0.6 x the head
+  box diagonal, the MPII evaluation convention;
+- OKS AP/AR through pycocotools' COCOeval with the data set's sigmas (``KeypointDataset.sigma_note`` says
+  which); predictions are exported with ``canonical_to_pixel_centre`` like the ground truth.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from .coords import canonical_to_pixel_centre
+
+PCK_THRESHOLDS = (0.05, 0.1, 0.2)
+
+
+def _masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
+    count = mask.sum()
+    return float((values * mask).sum() / count) if count else float("nan")
+
+
+def keypoint_errors(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(N, K) Euclidean distances between (N, K, 2) predictions and targets; NaN targets give NaN."""
+    return np.linalg.norm(predicted - target, axis=-1)
+
+
+def pck(errors: np.ndarray, visible: np.ndarray, norm: np.ndarray, threshold: float) -> float:
+    """Fraction of labelled keypoints with error < threshold x norm; errors/visible (N, K), norm (N,)."""
+    hits = np.nan_to_num(errors) < threshold * norm[:, None]
+    return _masked_mean(hits.astype(np.float64), visible > 0)
+
+
+def oks_ap(dataset, keypoints: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """OKS AP and AR of (N, K, 2) image-coordinate predictions for the N instances of ``dataset``.
+
+    Instance score = mean keypoint score (ours; top-down pipelines usually also multiply a detector score,
+    and heatbench crops from ground-truth boxes, so there is none).
+    """
+    images, annotations, results = [], [], []
+    exported_gt = canonical_to_pixel_centre(np.nan_to_num(dataset.keypoints))
+    exported_pred = canonical_to_pixel_centre(keypoints)
+    for image_id in np.unique(dataset.image_ids):
+        images.append({"id": int(image_id)})
+    for index in range(len(dataset)):
+        flags = np.where(dataset.visible[index] > 0, 2, 0)
+        gt = np.concatenate([exported_gt[index] * (flags[:, None] > 0), flags[:, None]], axis=1)
+        x, y, w, h = (float(v) for v in dataset.boxes[index])
+        annotations.append({
+            "id": index + 1, "image_id": int(dataset.image_ids[index]), "category_id": 1, "iscrowd": 0,
+            "keypoints": gt.reshape(-1).tolist(), "num_keypoints": int((flags > 0).sum()),
+            "area": float(dataset.areas[index]), "bbox": [x - 0.5, y - 0.5, w, h],
+        })
+        prediction = np.concatenate([exported_pred[index], np.ones((dataset.num_keypoints, 1))], axis=1)
+        results.append({"image_id": int(dataset.image_ids[index]), "category_id": 1,
+                        "keypoints": prediction.reshape(-1).tolist(), "score": float(np.mean(scores[index]))})
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        ground_truth = COCO()
+        ground_truth.dataset = {"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "instance",
+                                                "keypoints": list(dataset.keypoint_names), "skeleton": []}]}
+        ground_truth.createIndex()
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), iouType="keypoints")
+        evaluation.params.kpt_oks_sigmas = np.asarray(dataset.sigmas, dtype=np.float64)
+        evaluation.params.useSegm = None
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {"AP": float(evaluation.stats[0]), "AP50": float(evaluation.stats[1]), "AR": float(evaluation.stats[5])}
+
+
+def evaluate_predictions(dataset, pred_image: np.ndarray, pred_input: np.ndarray, target_input: np.ndarray,
+                         scores: np.ndarray) -> dict[str, float]:
+    """All metrics for the N instances of ``dataset``.
+
+    pred_image (N, K, 2) image coordinates; pred_input and target_input (N, K, 2) input-crop coordinates;
+    scores (N, K). Returns a flat dict of named metrics (units in the names).
+    """
+    visible = dataset.visible > 0
+    image_errors = keypoint_errors(pred_image, dataset.keypoints)
+    input_errors = keypoint_errors(pred_input, target_input)
+    box_size = dataset.boxes[:, 2:].max(axis=1)
+    metrics = {
+        "mean_error_input_px": _masked_mean(np.nan_to_num(input_errors), visible),
+        "mean_error_image_px": _masked_mean(np.nan_to_num(image_errors), visible),
+    }
+    for threshold in PCK_THRESHOLDS:
+        metrics[f"pck@{threshold:g}"] = pck(image_errors, dataset.visible, box_size, threshold)
+    if dataset.head_boxes is not None:
+        head_size = 0.6 * np.linalg.norm(dataset.head_boxes[:, 2:], axis=1)
+        metrics["pckh@0.5"] = pck(image_errors, dataset.visible, head_size, 0.5)
+        metrics["pckh@0.1"] = pck(image_errors, dataset.visible, head_size, 0.1)
+    metrics.update(oks_ap(dataset, pred_image, scores))
+    return metrics

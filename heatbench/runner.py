@@ -1,0 +1,169 @@
+"""The main job: train and evaluate representations x resolutions x seeds, and write one comparison table.
+
+Everything that can be checked is checked before the first epoch (names, configs, sizes, data), and the
+results directory appears only when every run has finished (``results.atomic_directory``).
+"""
+from __future__ import annotations
+
+import ast
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import floor, results
+from .data import load_dataset
+from .errors import HeatbenchError
+from .representation import Representation, build_representation
+from .train import TrainConfig, describe, resolve_device, run_one
+
+log = logging.getLogger(__name__)
+
+SPLIT_SEED = 0
+VAL_FRACTION = 0.2
+
+# table key -> column title in table.md; table.csv keeps every key
+TABLE_COLUMNS = {
+    "representation": "representation",
+    "input": "input (HxW)",
+    "output": "output (HxW)",
+    "or_ir": "OR/IR",
+    "head_params": "head params",
+    "total_params": "total params",
+    "inference_gflops": "GFLOPs/img",
+    "train_seconds": "train s",
+    "inference_ms": "infer ms/img",
+    "mean_error_input_px": "mean err (input px)",
+    "pck@0.1": "PCK@0.1",
+    "AP": "AP",
+    "floor_px": "floor (input px)",
+}
+
+
+def parse_resolutions(text: str) -> list[tuple[int, int]]:
+    """``"64,128,256x192"`` -> [(64, 64), (128, 128), (256, 192)] as (H, W), the field's height-first habit."""
+    sizes = []
+    for item in text.split(","):
+        parts = item.strip().lower().split("x")
+        if len(parts) not in (1, 2) or not all(part.isdigit() and int(part) > 0 for part in parts):
+            raise HeatbenchError(f"--res: {item.strip()!r} is not a size; expected N or HxW, e.g. 64 or 256x192")
+        height, width = int(parts[0]), int(parts[-1])
+        sizes.append((height, width))
+    return sizes
+
+
+def size_name(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def parse_overrides(items: list[str], names: list[str]) -> dict[str, dict]:
+    """``["simcc.split_ratio=2", "heatmap.decoder=argmax"]`` -> {"simcc": {"split_ratio": 2.0}, ...}."""
+    overrides: dict[str, dict] = {name: {} for name in names}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        name, dot, field_name = key.partition(".")
+        if not sep or not dot or not field_name:
+            raise HeatbenchError(f"--set {item!r}: expected REPRESENTATION.FIELD=VALUE, e.g. heatmap.decoder=argmax")
+        if name not in overrides:
+            raise HeatbenchError(f"--set {item!r}: {name!r} is not among --repr {','.join(names)}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = {"true": True, "false": False}.get(raw.lower(), raw)
+        overrides[name][field_name] = value
+    return overrides
+
+
+@dataclass
+class RunSpec:
+    representations: list[str]
+    resolutions: list[tuple[int, int]]
+    data: str = "default"
+    image_root: str | None = None
+    seeds: int = 1
+    first_seed: int = 0
+    device: str = "auto"
+    out: Path = Path("results")
+    name: str | None = None
+    overrides: dict[str, dict] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint_dir: Path = Path("checkpoints")
+    resume: bool = False
+    progress: bool = True
+
+    def run_name(self) -> str:
+        return self.name or f"{'-'.join(self.representations)}_{'-'.join(map(size_name, self.resolutions))}"
+
+
+def _aggregate(rows: list[dict]) -> dict:
+    """One table row from the per-seed rows: numbers become their mean, with ``<key>_std`` beside them."""
+    merged = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "seed":
+            values = np.array([row[key] for row in rows], dtype=np.float64)
+            merged[key] = float(values.mean())
+            if len(rows) > 1:
+                merged[f"{key}_std"] = float(values.std(ddof=1))
+    merged["seeds"] = [row["seed"] for row in rows]
+    del merged["seed"]
+    return merged
+
+
+def run(spec: RunSpec) -> Path:
+    """Run the whole job; returns the results directory."""
+    device = resolve_device(spec.device)
+    dataset = load_dataset(spec.data, spec.image_root)
+    train_set, val_set = dataset.split(VAL_FRACTION, seed=SPLIT_SEED)
+    representations: dict[tuple[str, tuple[int, int]], Representation] = {}
+    for size in spec.resolutions:
+        for name in spec.representations:
+            representations[name, size] = build_representation(
+                name, size, dataset.num_keypoints, **spec.overrides.get(name, {}))
+    torch.set_float32_matmul_precision("high")
+
+    run_name = spec.run_name()
+    seed_rows: list[dict] = []
+    predictions: dict[str, np.ndarray] = {}
+    with results.atomic_directory(spec.out / run_name) as staging:
+        for (name, size), representation in representations.items():
+            floor_px = floor.floor_error(representation)
+            out_h, out_w = representation.output_size()
+            for seed in range(spec.first_seed, spec.first_seed + spec.seeds):
+                log.info("training %s at %s, seed %d", name, size_name(size), seed)
+                checkpoint = spec.checkpoint_dir / run_name / f"{name}_{size_name(size)}_seed{seed}.pt"
+                row = run_one(representation, train_set, val_set, spec.train, device, seed, checkpoint,
+                              spec.resume, spec.progress)
+                key = f"{name}_{size_name(size)}_seed{seed}"
+                for array_name, array in row.pop("predictions").items():
+                    predictions[f"{key}/{array_name}"] = array
+                seed_rows.append({"representation": name, "input": size_name(size),
+                                  "output": f"{out_h}x{out_w}", "or_ir": out_w / size[1],
+                                  "floor_px": floor_px, **row})
+        table_rows = [_aggregate([row for row in seed_rows if (row["representation"], row["input"]) == group])
+                      for group in dict.fromkeys((row["representation"], row["input"]) for row in seed_rows)]
+        record = {
+            "run": run_name,
+            "data": {"name": dataset.name, "source": str(dataset.source), "train_instances": len(train_set),
+                     "val_instances": len(val_set), "split_seed": SPLIT_SEED, "val_fraction": VAL_FRACTION,
+                     "oks_sigmas": dataset.sigma_note, "flip_test": bool(spec.train.flip_test and dataset.flip_pairs)},
+            "train": describe(spec.train),
+            "seeds": list(range(spec.first_seed, spec.first_seed + spec.seeds)),
+            "representations": {f"{name}@{size_name(size)}": {"class": type(rep).__module__ + "." + type(rep).__qualname__,
+                                                              "config": rep.resolved_config()}
+                                for (name, size), rep in representations.items()},
+            **results.provenance(device),
+            "rows": table_rows,
+            "seed_rows": seed_rows,
+        }
+        results.write_json(staging / "results.json", record)
+        np.savez_compressed(staging / "predictions.npz", image_ids=val_set.image_ids, visible=val_set.visible,
+                            target_image=val_set.keypoints, **predictions)
+        preface = (f"# {run_name}\n\nMade by `{record['command']}` at commit {record['git_commit']} on "
+                   f"{record['device']}. Data: {dataset.name}, {len(train_set)} train / {len(val_set)} val "
+                   f"instances; errors over labelled keypoints; PCK relative to the box size; "
+                   f"{spec.seeds} seed(s), mean ± sample std.\n\n")
+        markdown = results.write_table(staging, table_rows, TABLE_COLUMNS, preface=preface)
+    print(markdown)
+    return spec.out / run_name

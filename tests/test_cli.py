@@ -1,0 +1,91 @@
+"""The main job end to end on a tiny schedule, and its answers to bad input."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from heatbench.cli import main
+
+TINY = ["--res", "64", "--epochs", "1", "--batch-size", "4", "--quiet"]
+ACCURACY_COLUMNS = ["mean_error_input_px", "mean_error_image_px", "pck@0.05", "pck@0.1", "pck@0.2", "AP", "AR"]
+TABLE_COLUMNS = ["representation", "input", "output", "or_ir", "head_params", "total_params", "inference_gflops",
+                 "train_seconds", "inference_ms", "mean_error_input_px", "pck@0.1", "AP", "floor_px"]
+
+
+def _run(tmp_path, mouse_mini, name, *extra):
+    argv = ["run", "--repr", "heatmap,simcc", "--data", str(mouse_mini), "--out", str(tmp_path / "results"),
+            "--name", name, "--checkpoint-dir", str(tmp_path / "checkpoints"), *TINY, *extra]
+    assert main(argv) == 0
+    return tmp_path / "results" / name
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from tests.conftest import MOUSE_MINI
+
+    return _run(tmp_path_factory.mktemp("run"), MOUSE_MINI, "tiny")
+
+
+def test_run_writes_table_csv_and_json_with_every_column(finished_run):
+    table = pd.read_csv(finished_run / "table.csv")
+    assert list(table["representation"]) == ["heatmap", "simcc"]
+    assert set(TABLE_COLUMNS) <= set(table.columns)
+    assert (table["total_params"] > table["head_params"]).all()
+    assert (table["inference_gflops"] > 0).all() and (table["train_seconds"] > 0).all()
+    markdown = (finished_run / "table.md").read_text()
+    assert "heatmap" in markdown and "simcc" in markdown and "floor (input px)" in markdown
+    record = json.loads((finished_run / "results.json").read_text())
+    assert set(record["representations"]) == {"heatmap@64x64", "simcc@64x64"}
+    for key in ("git_commit", "libraries", "device", "train", "seeds", "data"):
+        assert key in record
+    assert record["representations"]["heatmap@64x64"]["config"]["sigma"] == 1  # methods.md §1 at 64x64
+
+
+def test_run_leaves_a_checkpoint_per_representation(finished_run):
+    checkpoints = sorted(p.name for p in (finished_run.parent.parent / "checkpoints" / "tiny").iterdir())
+    assert checkpoints == ["heatmap_64x64_seed0.pt", "simcc_64x64_seed0.pt"]
+
+
+def test_same_command_and_seed_give_identical_accuracy(finished_run, tmp_path, mouse_mini):
+    again = _run(tmp_path, mouse_mini, "tiny")
+    first, second = (pd.read_csv(d / "table.csv")[ACCURACY_COLUMNS] for d in (finished_run, again))
+    pd.testing.assert_frame_equal(first, second)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--repr", "no-such-repr"], "unknown representation 'no-such-repr'; available:"),
+    (["run", "--repr", "heatmap", "--res", "64y"], "--res: '64y' is not a size"),
+    (["run", "--repr", "heatmap", "--data", "missing.csv"], "missing.csv"),
+    (["run", "--repr", "heatmap", "--set", "heatmap.no_field=1"], "no_field"),
+    (["floor", "--repr", "no-such-repr"], "unknown representation"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_results(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_csv_names_the_file_and_leaves_no_results(tmp_path, mouse_mini, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("bodyparts,nose,nose\n" + "img.png,1,2\n")
+    argv = ["run", "--repr", "heatmap", "--data", str(bad), "--out", str(tmp_path / "out"), *TINY]
+    assert main(argv) == 2
+    assert "bad.csv" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_run_keeps_the_previous_results(finished_run, tmp_path, mouse_mini, monkeypatch):
+    previous = tmp_path / "results" / "tiny"
+    shutil.copytree(finished_run, previous)
+    import heatbench.train
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("simulated divergence")
+
+    monkeypatch.setattr(heatbench.train, "train", broken)
+    with pytest.raises(FloatingPointError):
+        _run(tmp_path, mouse_mini, "tiny")
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["tiny"]
+    assert (previous / "table.csv").read_bytes() == (finished_run / "table.csv").read_bytes()

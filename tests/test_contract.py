@@ -1,0 +1,88 @@
+"""Every registered representation, built-in or plugin, meets the same contract.
+
+The registry is the test matrix: a representation added later is checked here without new test code.
+"""
+import math
+
+import pytest
+import torch
+
+import heatbench
+from heatbench import registry
+from heatbench.representation import ConfigError
+
+NAMES = heatbench.available_representations()
+SIZES = [(64, 64), (256, 192)]
+K = 5
+
+
+def _interior_keypoints(batch: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    height, width = size
+    margin = 0.25  # a quarter of the input from each edge: far from every representation's border handling
+    unit = torch.rand(batch, K, 2, generator=generator) * (1 - 2 * margin) + margin
+    return unit * torch.tensor([width, height], dtype=torch.float32)
+
+
+def _forward(representation, batch: int):
+    height, width = representation.input_size
+    head = representation.build_head(256, 4)
+    features = torch.randn(batch, 256, height // 4, width // 4)
+    return head, head(features)
+
+
+def test_registry_lists_every_builtin():
+    assert {"heatmap", "simcc", "nerpe"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("batch", [1, 3])
+def test_head_loss_and_decode_have_the_contract_shapes(name, size, batch):
+    representation = heatbench.build_representation(name, input_size=size, num_keypoints=K)
+    head, outputs = _forward(representation, batch)
+    keypoints = _interior_keypoints(batch, size, torch.Generator().manual_seed(1))
+    loss = representation.loss(outputs, representation.encode(keypoints, torch.ones(batch, K)))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in head.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads), "no gradient reaches the head"
+    decoded, scores = representation.decode(outputs)
+    assert decoded.shape == (batch, K, 2) and scores.shape == (batch, K)
+    assert torch.isfinite(decoded).all() and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_round_trip_is_within_the_stated_tolerance(name, size):
+    representation = heatbench.build_representation(name, input_size=size, num_keypoints=K)
+    keypoints = _interior_keypoints(4, size, torch.Generator().manual_seed(2))
+    decoded, _ = representation.decode(representation.ideal_outputs(keypoints, torch.ones(4, K)))
+    error = (decoded - keypoints).norm(dim=-1)
+    assert error.max() <= representation.floor_tolerance_px, f"max error {error.max():.4f} px"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unlabelled_and_nan_keypoints_never_make_the_loss_nan(name):
+    representation = heatbench.build_representation(name, input_size=(64, 64), num_keypoints=K)
+    head, outputs = _forward(representation, 2)
+    keypoints = _interior_keypoints(2, (64, 64), torch.Generator().manual_seed(3))
+    keypoints[0, 1] = math.nan
+    keypoints[1, 2] = torch.tensor([-500.0, 900.0])  # far outside the input
+    visible = torch.ones(2, K)
+    visible[1, 3] = 0
+    loss = representation.loss(outputs, representation.encode(keypoints, visible))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_is_plain_data_and_rejects_unknown_fields(name):
+    representation = heatbench.build_representation(name, input_size=(64, 64), num_keypoints=K)
+    assert isinstance(representation.resolved_config(), dict)
+    with pytest.raises(ConfigError, match="no_such_field"):
+        heatbench.build_representation(name, input_size=(64, 64), num_keypoints=K, no_such_field=1)
+
+
+def test_unknown_name_lists_the_available_ones():
+    with pytest.raises(registry.UnknownRepresentationError) as caught:
+        heatbench.build_representation("no-such-representation", input_size=(64, 64), num_keypoints=K)
+    assert "heatmap" in str(caught.value) and "\n" not in str(caught.value)
