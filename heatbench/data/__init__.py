@@ -1,0 +1,48 @@
+"""Keypoint data: loaders for DeepLabCut CSV, COCO-style and MPII JSON, the embedded default set, and the
+top-down pipeline that turns an instance into a network input.
+
+``load_dataset("default")`` is the embedded mirror-mouse set (90 frames from lightning-pose, MIT licence;
+see ``mirror_mouse/README.md``); a ``.csv`` is read as a DeepLabCut label table, a ``.json`` as MPII when it
+is a list of records with ``joints`` and as COCO-style keypoints otherwise.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError, HeatbenchError
+from .coco import load_coco_json, parse_coco
+from .dataset import KeypointDataset, read_json
+from .dlc import load_dlc_csv
+from .mpii import is_mpii_records, load_mpii_json, parse_mpii
+from .topdown import (AugmentConfig, Sample, TopDownDataset, apply_affine, crop_affine, crop_box, invert_affine,
+                      warp_image)
+
+DEFAULT_DATA = Path(__file__).parent / "mirror_mouse" / "CollectedData.csv"
+
+__all__ = ["AugmentConfig", "KeypointDataset", "Sample", "TopDownDataset", "apply_affine", "crop_affine", "crop_box",
+           "invert_affine", "load_coco_json", "load_dataset", "load_default", "load_dlc_csv", "load_mpii_json",
+           "warp_image"]
+
+
+def load_default() -> KeypointDataset:
+    """The embedded mirror-mouse set: 90 grey frames, 17 keypoints, one mouse per frame, named "mirror_mouse"."""
+    return load_dlc_csv(DEFAULT_DATA)
+
+
+def load_dataset(spec: str | Path, image_root: str | Path | None = None) -> KeypointDataset:
+    """The data set named by ``spec``: "default", a DeepLabCut ``.csv``, or an MPII / COCO-style ``.json``.
+
+    ``image_root`` is the folder image paths in the file start from (default: the file's folder).
+    """
+    if str(spec) == "default":
+        if image_root is not None:
+            raise HeatbenchError("--image-root cannot be used with the default data set (its images are embedded)")
+        return load_default()
+    path = Path(spec)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return load_dlc_csv(path, image_root)
+    if suffix == ".json":
+        data = read_json(path)
+        return parse_mpii(data, path, image_root) if is_mpii_records(data) else parse_coco(data, path, image_root)
+    raise DataError(f"{path}: unknown data format; expected 'default', a DeepLabCut .csv, or a COCO or MPII .json")
