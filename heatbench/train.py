@@ -189,7 +189,10 @@ def run_one(representation: Representation, train_set: KeypointDataset, val_set:
         "train_seconds": train_seconds,
         "epoch_losses": epoch_losses,
         **cost.parameter_counts(model),
-        **{f"inference_{key}": value for key, value in inference.items()},
+        "inference_gflops": inference["gflops_per_image"],
+        "inference_ms": inference["latency_ms_per_image"],
+        "inference_ms_spread": inference["latency_spread_ms_per_image"],
+        "inference_peak_memory_bytes": inference["peak_memory_bytes"],
         **metrics,
         "predictions": predictions,
     }
