@@ -35,6 +35,7 @@ def _add_run(commands) -> None:
     parser.add_argument("--name", help="run name (default: the representations and sizes)")
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
     parser.add_argument("--resume", action="store_true", help="continue each run from its last checkpoint")
+    parser.add_argument("--shard", metavar="I/N", help="run only every N-th job starting at I (merge with `merge`)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -58,7 +59,7 @@ def _run(args) -> None:
     run(RunSpec(representations=names, resolutions=parse_resolutions(args.res), data=args.data,
                 image_root=args.image_root, seeds=args.seeds, first_seed=args.seed, device=args.device,
                 out=args.out, name=args.name, overrides=parse_overrides(args.set, names), train=train,
-                checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=not args.quiet))
+                checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=not args.quiet), shard=args.shard)
 
 
 def _list(args) -> None:

@@ -17,7 +17,7 @@ from . import floor, results
 from .data import load_dataset
 from .errors import HeatbenchError
 from .representation import Representation, build_representation
-from .train import TrainConfig, describe, resolve_device, run_one
+from .train import TrainConfig, describe, init_distributed, resolve_device, run_one
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,46 @@ def _aggregate(rows: list[dict]) -> dict:
     return merged
 
 
-def run(spec: RunSpec) -> Path:
-    """Run the whole job; returns the results directory."""
-    device = resolve_device(spec.device)
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"2/4"`` -> (2, 4): this job runs every 4th (representation, size, seed) triple starting at the 2nd."""
+    if text is None:
+        return 0, 1
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise HeatbenchError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return int(index), int(count)
+
+
+def table_rows(seed_rows: list[dict]) -> list[dict]:
+    """Aggregate per-seed rows into one row per representation x input, in first-seen order."""
+    groups = dict.fromkeys((row["representation"], row["input"]) for row in seed_rows)
+    return [_aggregate([row for row in seed_rows if (row["representation"], row["input"]) == group])
+            for group in groups]
+
+
+def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[str, np.ndarray]) -> str:
+    """Write a complete run directory atomically: results.json, predictions.npz, table.md, table.csv.
+
+    ``record`` holds everything but the rows; ``arrays`` the validation targets and every prediction.
+    Shared by ``run`` and ``merge``. Returns the Markdown table.
+    """
+    rows = table_rows(seed_rows)
+    record = {**record, "rows": rows, "seed_rows": seed_rows}
+    seeds = sorted({row["seed"] for row in seed_rows})
+    preface = (f"# {record['run']}\n\nMade by `{record['command']}` at commit {record['git_commit']} on "
+               f"{record['device']}. Data: {record['data']['name']}, {record['data']['train_instances']} train / "
+               f"{record['data']['val_instances']} val instances; errors over labelled keypoints; PCK relative "
+               f"to the box size; seeds {seeds}, mean ± sample std.\n\n")
+    with results.atomic_directory(target) as staging:
+        results.write_json(staging / "results.json", record)
+        np.savez_compressed(staging / "predictions.npz", **arrays)
+        return results.write_table(staging, rows, TABLE_COLUMNS, preface=preface)
+
+
+def run(spec: RunSpec, shard: str | None = None) -> Path | None:
+    """Run the whole job (or one shard of it); returns the results directory (None on ranks other than 0)."""
+    device, context = init_distributed(resolve_device(spec.device))
+    shard_index, shard_count = parse_shard(shard)
     dataset = load_dataset(spec.data, spec.image_root)
     train_set, val_set = dataset.split(VAL_FRACTION, seed=SPLIT_SEED)
     representations: dict[tuple[str, tuple[int, int]], Representation] = {}
@@ -121,49 +158,45 @@ def run(spec: RunSpec) -> Path:
         for name in spec.representations:
             representations[name, size] = build_representation(
                 name, size, dataset.num_keypoints, **spec.overrides.get(name, {}))
+    seeds = range(spec.first_seed, spec.first_seed + spec.seeds)
+    jobs = [(key, seed) for key in representations for seed in seeds][shard_index::shard_count]
     torch.set_float32_matmul_precision("high")
 
-    run_name = spec.run_name()
+    run_name = spec.run_name() + (f".shard-{shard_index}-of-{shard_count}" if shard_count > 1 else "")
     seed_rows: list[dict] = []
-    predictions: dict[str, np.ndarray] = {}
-    with results.atomic_directory(spec.out / run_name) as staging:
-        for (name, size), representation in representations.items():
-            floor_px = floor.floor_error(representation)
-            out_h, out_w = representation.output_size()
-            for seed in range(spec.first_seed, spec.first_seed + spec.seeds):
-                log.info("training %s at %s, seed %d", name, size_name(size), seed)
-                checkpoint = spec.checkpoint_dir / run_name / f"{name}_{size_name(size)}_seed{seed}.pt"
-                row = run_one(representation, train_set, val_set, spec.train, device, seed, checkpoint,
-                              spec.resume, spec.progress)
-                key = f"{name}_{size_name(size)}_seed{seed}"
-                for array_name, array in row.pop("predictions").items():
-                    predictions[f"{key}/{array_name}"] = array
-                seed_rows.append({"representation": name, "input": size_name(size),
-                                  "output": f"{out_h}x{out_w}", "or_ir": out_w / size[1],
-                                  "floor_px": floor_px, **row})
-        table_rows = [_aggregate([row for row in seed_rows if (row["representation"], row["input"]) == group])
-                      for group in dict.fromkeys((row["representation"], row["input"]) for row in seed_rows)]
-        record = {
-            "run": run_name,
-            "data": {"name": dataset.name, "source": str(dataset.source), "train_instances": len(train_set),
-                     "val_instances": len(val_set), "split_seed": SPLIT_SEED, "val_fraction": VAL_FRACTION,
-                     "oks_sigmas": dataset.sigma_note, "flip_test": bool(spec.train.flip_test and dataset.flip_pairs)},
-            "train": describe(spec.train),
-            "seeds": list(range(spec.first_seed, spec.first_seed + spec.seeds)),
-            "representations": {f"{name}@{size_name(size)}": {"class": type(rep).__module__ + "." + type(rep).__qualname__,
-                                                              "config": rep.resolved_config()}
-                                for (name, size), rep in representations.items()},
-            **results.provenance(device),
-            "rows": table_rows,
-            "seed_rows": seed_rows,
-        }
-        results.write_json(staging / "results.json", record)
-        np.savez_compressed(staging / "predictions.npz", image_ids=val_set.image_ids, visible=val_set.visible,
-                            target_image=val_set.keypoints, **predictions)
-        preface = (f"# {run_name}\n\nMade by `{record['command']}` at commit {record['git_commit']} on "
-                   f"{record['device']}. Data: {dataset.name}, {len(train_set)} train / {len(val_set)} val "
-                   f"instances; errors over labelled keypoints; PCK relative to the box size; "
-                   f"{spec.seeds} seed(s), mean ± sample std.\n\n")
-        markdown = results.write_table(staging, table_rows, TABLE_COLUMNS, preface=preface)
-    print(markdown)
+    arrays = {"image_ids": val_set.image_ids, "visible": val_set.visible, "target_image": val_set.keypoints}
+    floors = {}
+    for (name, size), seed in jobs:
+        representation = representations[name, size]
+        if (name, size) not in floors:
+            floors[name, size] = floor.floor_error(representation)
+        log.info("training %s at %s, seed %d", name, size_name(size), seed)
+        checkpoint = spec.checkpoint_dir / spec.run_name() / f"{name}_{size_name(size)}_seed{seed}.pt"
+        row = run_one(representation, train_set, val_set, spec.train, device, seed, checkpoint,
+                      spec.resume, spec.progress, context)
+        if row is None:  # not rank 0
+            continue
+        for array_name, array in row.pop("predictions").items():
+            arrays[f"{name}_{size_name(size)}_seed{seed}/{array_name}"] = array
+        out_h, out_w = representation.output_size()
+        seed_rows.append({"representation": name, "input": size_name(size), "output": f"{out_h}x{out_w}",
+                          "or_ir": out_w / size[1], "floor_px": floors[name, size], **row})
+    if not context.is_main:
+        return None
+    record = {
+        "run": run_name,
+        "data": {"name": dataset.name, "source": str(dataset.source), "keypoint_names": dataset.keypoint_names,
+                 "train_instances": len(train_set), "val_instances": len(val_set), "split_seed": SPLIT_SEED,
+                 "val_fraction": VAL_FRACTION, "oks_sigmas": dataset.sigma_note,
+                 "flip_test": bool(spec.train.flip_test and dataset.flip_pairs)},
+        "train": describe(spec.train),
+        "processes": context.world_size,
+        "shard": f"{shard_index}/{shard_count}",
+        "seeds": list(seeds),
+        "representations": {f"{name}@{size_name(size)}": {"class": f"{type(rep).__module__}.{type(rep).__qualname__}",
+                                                          "config": rep.resolved_config()}
+                            for (name, size), rep in representations.items()},
+        **results.provenance(device),
+    }
+    print(write_run(spec.out / run_name, record, seed_rows, arrays))
     return spec.out / run_name

@@ -4,6 +4,12 @@ The device is chosen once; on CUDA the training forward runs under bf16 autocast
 the data loader pins memory, and the loop keeps the running loss on the device (no ``.item()`` per step; it
 is read every ``log_every`` steps). Evaluation runs in float32 with the flip test when the data set defines
 flip pairs. A checkpoint is written after every epoch, and a run restarted with ``resume`` continues from it.
+
+Under ``torchrun`` the same code trains with DistributedDataParallel (NCCL on CUDA with SyncBatchNorm, gloo
+on CPU, where BatchNorm statistics stay per process because SyncBatchNorm needs CUDA). Every process draws
+the same global batches as a single-process run and takes its slice of each, so a run's result does not
+depend on the number of processes beyond BatchNorm statistics and float summation order. Evaluation is
+sharded over the processes and gathered to rank 0; only rank 0 writes checkpoints and results.
 """
 from __future__ import annotations
 
@@ -17,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from . import cost
@@ -60,6 +68,61 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[torch.device, Distributed]:
+    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1); otherwise a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return device, Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device, Distributed(dist.get_rank(), world_size)
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Shuffled global batches, identical in every process; each process yields its contiguous slice.
+
+    The permutation is drawn from (seed, epoch), so one process with batch B and N processes with B / N each
+    see the same global batches. A last global batch smaller than the number of processes is padded from
+    the start of the permutation, so that no process gets an empty batch (DistributedSampler does the same).
+    """
+
+    def __init__(self, size: int, global_batch: int, seed: int, context: Distributed):
+        if global_batch % context.world_size:
+            raise HeatbenchError(f"batch size {global_batch} is not divisible by {context.world_size} processes")
+        self.size, self.global_batch, self.seed, self.context, self.epoch = size, global_batch, seed, context, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.size // self.global_batch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        world, rank = self.context.world_size, self.context.rank
+        for start in range(0, self.size, self.global_batch):
+            batch = order[start:start + self.global_batch]
+            batch += order[:max(0, world - len(batch))]
+            share = -(-len(batch) // world)
+            yield batch[rank * share:(rank + 1) * share]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -71,11 +134,9 @@ def build_model(representation: Representation, config: TrainConfig) -> PoseMode
     return PoseModel(backbone, representation.build_head(backbone.out_channels, backbone.stride))
 
 
-def _loader(dataset: TopDownDataset, config: TrainConfig, device: torch.device, shuffle: bool, seed: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=config.num_workers, pin_memory=device.type == "cuda",
-                      persistent_workers=config.num_workers > 0)
+def _loader(dataset, config: TrainConfig, device: torch.device, **batching) -> DataLoader:
+    return DataLoader(dataset, num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                      persistent_workers=config.num_workers > 0, **batching)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -87,12 +148,13 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def train(representation: Representation, model: PoseModel, train_set: KeypointDataset, config: TrainConfig,
           device: torch.device, seed: int, checkpoint: Path | None = None, resume: bool = False,
-          progress: bool = True) -> tuple[float, list[float]]:
+          progress: bool = True, context: Distributed = Distributed()) -> tuple[float, list[float]]:
     """Train in place; returns the wall time in seconds (of this process's epochs) and each epoch's mean loss."""
     data = TopDownDataset(train_set, representation.input_size, train=True, augment=AugmentConfig(), seed=seed)
     if len(data) == 0:
         raise HeatbenchError(f"{train_set.source}: the training split is empty")
-    loader = _loader(data, config, device, shuffle=True, seed=seed)
+    sampler = GlobalBatchSampler(len(data), config.batch_size, seed, context)
+    loader = _loader(data, config, device, batch_sampler=sampler)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     milestones = sorted({max(1, round(f * config.epochs)) for f in config.lr_step_fractions})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_factor)
@@ -109,20 +171,26 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
     on_cuda = device.type == "cuda"
     memory_format = torch.channels_last if on_cuda else torch.contiguous_format
     model.to(device=device, memory_format=memory_format).train()
+    network = model
+    if context.world_size > 1:
+        if on_cuda:
+            network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        network = DistributedDataParallel(network, device_ids=[device.index] if on_cuda else None)
     started = time.perf_counter()
-    bar = tqdm(total=(config.epochs - start_epoch) * len(loader), disable=not progress, leave=False,
-               desc=f"train {representation.name} {representation.input_size[0]}x{representation.input_size[1]}")
+    bar = tqdm(total=(config.epochs - start_epoch) * len(loader), disable=not (progress and context.is_main),
+               leave=False, desc=f"train {representation.name} {representation.input_size[0]}x{representation.input_size[1]}")
     running, steps_since_log = torch.zeros((), device=device), 0
     epoch_losses: list[torch.Tensor] = []
     for epoch in range(start_epoch, config.epochs):
         data.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         epoch_total = torch.zeros((), device=device)
         for step, sample in enumerate(loader, start=1):
             images = sample.image.to(device, non_blocking=True, memory_format=memory_format)
             targets = representation.encode(sample.keypoints.to(device, non_blocking=True),
                                             sample.visible.to(device, non_blocking=True))
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on_cuda):
-                loss = representation.loss(model(images), targets)
+                loss = representation.loss(network(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -137,9 +205,12 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
                 bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.4g}")
                 running.zero_()
                 steps_since_log = 0
+        if context.world_size > 1:
+            dist.all_reduce(epoch_total)
+            epoch_total /= context.world_size
         epoch_losses.append(epoch_total / len(loader))
         scheduler.step()
-        if checkpoint is not None:
+        if checkpoint is not None and context.is_main:
             _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                           "scheduler": scheduler.state_dict(), "epoch": epoch,
                                           "torch_rng": torch.get_rng_state()})
@@ -149,14 +220,19 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
 
 @torch.no_grad()
 def predict(representation: Representation, model: PoseModel, dataset: KeypointDataset, config: TrainConfig,
-            device: torch.device, progress: bool = True) -> dict[str, np.ndarray]:
-    """Predictions for every instance of ``dataset``: input- and image-coordinate keypoints, scores, targets."""
+            device: torch.device, progress: bool = True, context: Distributed = Distributed()) -> dict[str, np.ndarray] | None:
+    """Predictions for every instance of ``dataset``: input- and image-coordinate keypoints, scores, targets.
+
+    Each process predicts every ``world_size``-th instance; rank 0 gathers them in order and returns them,
+    the other ranks return None.
+    """
     data = TopDownDataset(dataset, representation.input_size, train=False, augment=None, seed=0)
-    loader = _loader(data, config, device, shuffle=False, seed=0)
+    shard = list(range(context.rank, len(data), context.world_size))
+    loader = _loader(torch.utils.data.Subset(data, shard), config, device, batch_size=config.batch_size)
     flip_pairs = dataset.flip_pairs if config.flip_test else None
     model.to(device).eval()
     collected = {"pred_input": [], "target_input": [], "scores": [], "affine": []}
-    for sample in tqdm(loader, disable=not progress, leave=False, desc=f"eval {representation.name}"):
+    for sample in tqdm(loader, disable=not (progress and context.is_main), leave=False, desc=f"eval {representation.name}"):
         images = sample.image.to(device, non_blocking=True)
         outputs = model(images)
         if flip_pairs is not None:
@@ -168,6 +244,13 @@ def predict(representation: Representation, model: PoseModel, dataset: KeypointD
         collected["target_input"].append(sample.keypoints)
         collected["affine"].append(sample.affine)
     arrays = {name: torch.cat(parts).double().numpy() for name, parts in collected.items()}
+    if context.world_size > 1:
+        shards = [None] * context.world_size
+        dist.all_gather_object(shards, (shard, arrays))
+        if not context.is_main:
+            return None
+        order = np.argsort(np.concatenate([indices for indices, _ in shards]))
+        arrays = {name: np.concatenate([part[name] for _, part in shards])[order] for name in arrays}
     affine = arrays.pop("affine")  # (N, 2, 3): input -> image
     arrays["pred_image"] = np.einsum("nij,nkj->nki", affine[:, :, :2], arrays["pred_input"]) + affine[:, None, :, 2]
     return arrays
@@ -175,12 +258,15 @@ def predict(representation: Representation, model: PoseModel, dataset: KeypointD
 
 def run_one(representation: Representation, train_set: KeypointDataset, val_set: KeypointDataset,
             config: TrainConfig, device: torch.device, seed: int, checkpoint: Path | None = None,
-            resume: bool = False, progress: bool = True) -> dict:
-    """Train and evaluate one representation x resolution x seed; returns its row (metrics and costs)."""
+            resume: bool = False, progress: bool = True, context: Distributed = Distributed()) -> dict | None:
+    """Train and evaluate one representation x resolution x seed; rank 0 returns its row (metrics, costs)."""
     seed_everything(seed)
     model = build_model(representation, config)
-    train_seconds, epoch_losses = train(representation, model, train_set, config, device, seed, checkpoint, resume, progress)
-    predictions = predict(representation, model, val_set, config, device, progress)
+    train_seconds, epoch_losses = train(representation, model, train_set, config, device, seed, checkpoint,
+                                        resume, progress, context)
+    predictions = predict(representation, model, val_set, config, device, progress, context)
+    if not context.is_main:
+        return None
     metrics = evaluate_predictions(val_set, predictions["pred_image"], predictions["pred_input"],
                                    predictions["target_input"], predictions["scores"])
     inference = cost.measure_inference(representation, model, representation.input_size, device, batch=1)
@@ -188,6 +274,7 @@ def run_one(representation: Representation, train_set: KeypointDataset, val_set:
         "seed": seed,
         "train_seconds": train_seconds,
         "epoch_losses": epoch_losses,
+        "processes": context.world_size,
         **cost.parameter_counts(model),
         "inference_gflops": inference["gflops_per_image"],
         "inference_ms": inference["latency_ms_per_image"],
