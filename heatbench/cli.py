@@ -1,4 +1,4 @@
-"""Command line: ``python -m heatbench {run,list,floor} ...`` (also installed as ``heatbench``).
+"""Command line: ``python -m heatbench {run,list,floor,merge,report} ...`` (also installed as ``heatbench``).
 
 User errors (a bad flag value, an unknown name, an unreadable file) print one line and exit with status 2.
 """
@@ -89,15 +89,43 @@ def _floor(args) -> None:
     print(floor.write_floor_table(rows, args.out))
 
 
+def _add_merge(commands) -> None:
+    parser = commands.add_parser("merge", help="combine run directories (e.g. --shard jobs) into one table")
+    parser.add_argument("directories", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="the merged run directory to write")
+
+
+def _merge(args) -> None:
+    from .runner import merge
+
+    print(merge(args.directories, args.out))
+
+
+def _add_report(commands) -> None:
+    parser = commands.add_parser("report", help="report.md with figures and paired comparisons for run directories")
+    parser.add_argument("directories", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, help="where to write (default: the directory, when only one is given)")
+
+
+def _report(args) -> None:
+    from .report import write_report
+
+    if args.out is None and len(args.directories) > 1:
+        raise HeatbenchError("report: --out is required with several directories")
+    print(write_report(args.directories, args.out or args.directories[0]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="heatbench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
     commands.add_parser("list", help="registered representations and where each came from")
     _add_floor(commands)
+    _add_merge(commands)
+    _add_report(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"run": _run, "list": _list, "floor": _floor}
+    handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report}
     try:
         handlers[args.command](args)
     except (HeatbenchError, registry.UnknownRepresentationError, ConfigError) as error:

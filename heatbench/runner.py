@@ -6,6 +6,7 @@ results directory appears only when every run has finished (``results.atomic_dir
 from __future__ import annotations
 
 import ast
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from . import floor, results
 from .data import load_dataset
 from .errors import HeatbenchError
+from .report import write_report
 from .representation import Representation, build_representation
 from .train import TrainConfig, describe, init_distributed, resolve_device, run_one
 
@@ -129,7 +131,8 @@ def table_rows(seed_rows: list[dict]) -> list[dict]:
 
 
 def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[str, np.ndarray]) -> str:
-    """Write a complete run directory atomically: results.json, predictions.npz, table.md, table.csv.
+    """Write a complete run directory atomically (results.json, predictions.npz, table.md, table.csv), then
+    its report (report.md and figures).
 
     ``record`` holds everything but the rows; ``arrays`` the validation targets and every prediction.
     Shared by ``run`` and ``merge``. Returns the Markdown table.
@@ -144,7 +147,9 @@ def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[st
     with results.atomic_directory(target) as staging:
         results.write_json(staging / "results.json", record)
         np.savez_compressed(staging / "predictions.npz", **arrays)
-        return results.write_table(staging, rows, TABLE_COLUMNS, preface=preface)
+        markdown = results.write_table(staging, rows, TABLE_COLUMNS, preface=preface)
+    write_report([target], target)
+    return markdown
 
 
 def run(spec: RunSpec, shard: str | None = None) -> Path | None:
@@ -200,3 +205,31 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
     }
     print(write_run(spec.out / run_name, record, seed_rows, arrays))
     return spec.out / run_name
+
+
+def merge(directories: list[Path], target: Path) -> str:
+    """Combine run directories (e.g. the shards of one sweep) into one run directory at ``target``."""
+    records = []
+    for directory in directories:
+        path = Path(directory) / "results.json"
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            raise HeatbenchError(f"{path}: not a readable heatbench results file ({error})") from error
+    splits = {json.dumps({k: r["data"][k] for k in ("source", "split_seed", "val_fraction")}) for r in records}
+    if len(splits) > 1:
+        raise HeatbenchError(f"merge: {', '.join(map(str, directories))} were evaluated on different data or splits")
+    seed_rows = [row for record in records for row in record["seed_rows"]]
+    keys = [(row["representation"], row["input"], row["seed"]) for row in seed_rows]
+    if len(set(keys)) != len(keys):
+        raise HeatbenchError("merge: the same representation, input and seed appears in more than one directory")
+    arrays: dict[str, np.ndarray] = {}
+    for directory in directories:
+        with np.load(Path(directory) / "predictions.npz") as stored:
+            arrays.update({name: stored[name] for name in stored.files})
+    record = {key: value for key, value in records[0].items() if key not in ("rows", "seed_rows")}
+    record.update(run=Path(target).name, merged_from=[str(d) for d in directories], shard=None,
+                  seeds=sorted({row["seed"] for row in seed_rows}),
+                  representations={k: v for r in records for k, v in r["representations"].items()},
+                  commands=[r["command"] for r in records])
+    return write_run(Path(target), record, seed_rows, arrays)

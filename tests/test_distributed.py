@@ -56,3 +56,19 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert list(tables[0].columns) == list(tables[1].columns)
     assert tables[0]["total_params"].equals(tables[1]["total_params"])
     assert tables[1]["mean_error_input_px"].notna().all()
+
+
+def test_merged_shards_equal_the_unsharded_sweep(tmp_path, mouse_mini):
+    from heatbench.cli import main
+
+    common = ["run", *TINY, "--seeds", "2", "--data", str(mouse_mini), "--out", str(tmp_path),
+              "--checkpoint-dir", str(tmp_path / "ck")]
+    assert main([*common, "--name", "whole"]) == 0
+    for shard in ("0/2", "1/2"):
+        assert main([*common, "--name", "sweep", "--shard", shard]) == 0
+    shards = sorted(tmp_path.glob("sweep.shard-*"))
+    assert [p.name for p in shards] == ["sweep.shard-0-of-2", "sweep.shard-1-of-2"]
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged")]) == 0
+    whole, merged = (pd.read_csv(tmp_path / d / "table.csv") for d in ("whole", "merged"))
+    accuracy = ["mean_error_input_px", "mean_error_input_px_std", "pck@0.1", "AP"]
+    pd.testing.assert_frame_equal(whole[accuracy], merged[accuracy])  # same seeds on the same CPU: identical

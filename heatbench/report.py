@@ -1,0 +1,378 @@
+"""The report of one or more run directories: ``report.md`` with its table, figures and paired comparisons.
+
+``write_report`` reads each directory's ``results.json`` (rows, provenance) and ``predictions.npz`` (every
+seed's keypoints), and writes beside ``report.md`` five PNG figures: accuracy against input resolution, the
+distribution of keypoint error, cost against accuracy, error per keypoint, and the codec floor beside the
+trained error. Errors are Euclidean over labelled keypoints of the validation split, in input pixels (the
+crop the network sees) unless a figure says image pixels, the unit that stays the same across resolutions.
+Spreads are sample standard deviations over seeds.
+
+Directories are combined row by row. A representation x input present in two directories is kept twice and
+labelled by run; directories evaluated on different instances are refused, since their numbers do not
+compare. Two rows are compared pairwise (``stats.paired_bootstrap``, seed-mean error per keypoint) when they
+share the input size, the seeds, the training schedule and the flip test (ours: the schedule and flip test
+are part of "trained alike").
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas, so no backend or pyplot state
+is touched. The files appear all at once: a fresh output directory through ``results.atomic_directory``;
+into an existing one (a run directory) each file is renamed into place, ``report.md`` last, so that it never
+links a figure that is not there yet.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tabulate import tabulate
+
+from .errors import HeatbenchError
+from .metrics import keypoint_errors
+from .results import atomic_directory
+from .stats import CONFIDENCE, paired_bootstrap
+
+REPORT = "report.md"
+DPI = 120
+# Below this many images the percentile bootstrap undercovers noticeably (it cannot see the tails), so the
+# report flags its verdicts as provisional (ours; tests/test_stats.py measures ~92% coverage at 60 images).
+FEW_IMAGES = 20
+RESAMPLES = 2000  # each end of the interval then moves by ~1.5% of its width from one bootstrap seed to another
+
+# figure file -> (title, caption) in report.md
+FIGURES = {
+    "accuracy_vs_resolution.png": ("Accuracy against input resolution",
+                                   "Mean error in input px (a pixel of a larger input is a smaller piece of the "
+                                   "image), in original-image px (comparable across resolutions), and PCK@0.1 "
+                                   "(fraction of keypoints within 0.1 x the box size). Error bars: std over seeds."),
+    "error_cdf.png": ("Distribution of keypoint error",
+                      "Cumulative fraction of labelled keypoints within a given error, every seed pooled; one panel "
+                      "per input size, the x axis cut at the 99th percentile. A curve to the left and above is "
+                      "better."),
+    "cost_vs_accuracy.png": ("Cost against accuracy",
+                             "One point per representation x input size: GFLOPs and batch-1 inference time "
+                             "(backbone, head and decode) against mean error in original-image px."),
+    "per_keypoint_error.png": ("Error per keypoint",
+                               "Mean error of each keypoint over the validation instances where it is labelled; "
+                               "error bars: std over seeds."),
+    "floor_vs_trained.png": ("Floor beside trained error",
+                             "Floor: the error of decoding the representation's ideal outputs for interior "
+                             "keypoints, what the representation itself imposes before any learning; trained: "
+                             "the mean error after training."),
+}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+    label: str      # the run's name, or its path where two directories share a name
+    record: dict    # results.json
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One table row: a representation at one input size, from one run directory."""
+    label: str
+    run: RunDir
+    row: dict
+    errors: np.ndarray  # (S, N, K) input-px error per seed; NaN where unlabelled
+    counted: np.ndarray  # (N, K) labelled keypoints
+
+    @property
+    def size(self) -> tuple[int, int]:
+        height, width = self.row["input"].split("x")
+        return int(height), int(width)
+
+
+def _load_runs(run_dirs: list[Path]) -> tuple[list[RunDir], dict[str, np.ndarray]]:
+    """The run directories' records, and the evaluation set they all share (image_ids, visible)."""
+    paths = list(dict.fromkeys(Path(d).resolve() for d in run_dirs))
+    if not paths:
+        raise HeatbenchError("report: name at least one run directory")
+    records = []
+    for path in paths:
+        if not (path / "results.json").is_file() or not (path / "predictions.npz").is_file():
+            raise HeatbenchError(f"{path}: not a run directory (it needs results.json and predictions.npz)")
+        records.append(json.loads((path / "results.json").read_text()))
+    names = [record["run"] for record in records]
+    runs = [RunDir(path, name if names.count(name) == 1 else str(path), record)
+            for path, name, record in zip(paths, names, records)]
+    evaluation = None
+    for run in runs:
+        with np.load(run.path / "predictions.npz") as predictions:
+            this = {"image_ids": predictions["image_ids"], "visible": predictions["visible"]}
+        if evaluation is None:
+            evaluation = this
+        elif not all(np.array_equal(evaluation[key], this[key]) for key in this):
+            raise HeatbenchError(f"{run.path} was evaluated on other instances than {runs[0].path}; "
+                                 "their numbers do not compare")
+    return runs, evaluation
+
+
+def _entries(runs: list[RunDir], visible: np.ndarray) -> list[Entry]:
+    homes: dict[tuple[str, str], set[str]] = {}
+    for run in runs:
+        for row in run.record["rows"]:
+            homes.setdefault((row["representation"], row["input"]), set()).add(run.label)
+    ambiguous = {name for (name, _), labels in homes.items() if len(labels) > 1}
+    entries = []
+    for run in runs:
+        with np.load(run.path / "predictions.npz") as predictions:
+            for row in run.record["rows"]:
+                name, keys = row["representation"], [f"{row['representation']}_{row['input']}_seed{seed}"
+                                                     for seed in row["seeds"]]
+                missing = [key for key in keys if f"{key}/pred_input" not in predictions.files]
+                if missing:
+                    raise HeatbenchError(f"{run.path / 'predictions.npz'}: no predictions for {', '.join(missing)}")
+                errors = np.stack([keypoint_errors(predictions[f"{key}/pred_input"], predictions[f"{key}/target_input"])
+                                   for key in keys])  # (S, N, K)
+                label = f"{name} ({run.label})" if name in ambiguous else name
+                entries.append(Entry(label, run, row, errors, (visible > 0) & np.isfinite(errors).all(axis=0)))
+    return entries
+
+
+def _by_area(size: tuple[int, int]) -> tuple:
+    """Sort key for (H, W) sizes: smallest input first."""
+    return size[0] * size[1], size
+
+
+def _sizes(entries: list[Entry]) -> list[tuple[int, int]]:
+    return sorted({entry.size for entry in entries}, key=_by_area)
+
+
+def _size_name(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _colours(entries: list[Entry]) -> dict[str, str]:
+    """One colour per label, the same in every figure."""
+    return {label: f"C{index % 10}" for index, label in enumerate(dict.fromkeys(e.label for e in entries))}
+
+
+def _spread(entry: Entry, key: str) -> float | None:
+    return entry.row.get(f"{key}_std")
+
+
+def _per_keypoint(entry: Entry) -> np.ndarray:
+    """(S, K) mean error of each keypoint per seed, input px."""
+    counted = entry.counted[None]
+    return np.where(counted, entry.errors, 0.0).sum(axis=1) / counted.sum(axis=1)
+
+
+def _panels(count: int, width: float, height: float, columns: bool = True) -> tuple[Figure, list]:
+    figure = Figure(figsize=(width * count, height) if columns else (width, height * count), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, count, squeeze=False)[0] if columns else figure.subplots(count, 1, squeeze=False)[:, 0]
+    return figure, list(axes)
+
+
+def _plot_accuracy(entries: list[Entry], colours: dict[str, str]) -> Figure:
+    sizes = _sizes(entries)
+    metrics = [("mean_error_input_px", "mean error (input px)"), ("mean_error_image_px", "mean error (image px)"),
+               ("pck@0.1", "PCK@0.1")]
+    figure, axes = _panels(len(metrics), 4.2, 3.6)
+    for axis, (key, title) in zip(axes, metrics):
+        for label, colour in colours.items():
+            group = sorted((e for e in entries if e.label == label), key=lambda e: sizes.index(e.size))
+            spreads = [_spread(e, key) for e in group]
+            axis.errorbar([sizes.index(e.size) for e in group], [e.row[key] for e in group],
+                          yerr=None if None in spreads else spreads, marker="o", capsize=3, color=colour, label=label)
+        axis.set(title=title, xlabel="input (HxW)", xticks=range(len(sizes)), xticklabels=map(_size_name, sizes))
+        axis.margins(x=0.15)
+    axes[0].legend(fontsize="small")
+    return figure
+
+
+def _plot_cdf(entries: list[Entry], colours: dict[str, str]) -> Figure:
+    sizes = _sizes(entries)
+    figure, axes = _panels(len(sizes), 4.5, 3.6)
+    for axis, size in zip(axes, sizes):
+        shown = [e for e in entries if e.size == size]
+        pooled = {e.label: np.sort(e.errors[:, e.counted].ravel()) for e in shown}  # every seed's errors
+        for label, errors in pooled.items():
+            axis.step(errors, np.arange(1, len(errors) + 1) / len(errors), where="post", color=colours[label],
+                      label=label)
+        # a few wild misses would squeeze every curve against the axis; the 99th percentile keeps them readable
+        axis.set_xlim(0, max(np.percentile(errors, 99) for errors in pooled.values()))
+        axis.set(title=f"input {_size_name(size)}", xlabel="keypoint error (input px)",
+                 ylabel="fraction of keypoints within", ylim=(0, 1.02))
+        axis.legend(fontsize="small", loc="lower right")
+    return figure
+
+
+def _plot_cost(entries: list[Entry], colours: dict[str, str]) -> Figure:
+    figure, axes = _panels(2, 5.0, 4.0)
+    for axis, (key, title) in zip(axes, [("inference_gflops", "GFLOPs per image"),
+                                         ("inference_ms", "inference ms per image (batch 1)")]):
+        for entry in entries:
+            axis.errorbar(entry.row["mean_error_image_px"], entry.row[key],
+                          xerr=_spread(entry, "mean_error_image_px"), yerr=_spread(entry, key), marker="o",
+                          capsize=3, color=colours[entry.label])
+            axis.annotate(f"{entry.label} {entry.row['input']}", (entry.row["mean_error_image_px"], entry.row[key]),
+                          textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+        axis.set(xlabel="mean error (image px; lower is better)", ylabel=title)
+    return figure
+
+
+def _plot_per_keypoint(entries: list[Entry], colours: dict[str, str], keypoint_names: list[str]) -> Figure:
+    sizes = _sizes(entries)
+    figure, axes = _panels(len(sizes), max(6.0, 0.45 * len(keypoint_names) + 2), 3.4, columns=False)
+    positions = np.arange(len(keypoint_names))
+    for axis, size in zip(axes, sizes):
+        shown = [e for e in entries if e.size == size]
+        width = 0.8 / len(shown)
+        for index, entry in enumerate(shown):
+            per_seed = _per_keypoint(entry)  # (S, K)
+            axis.bar(positions + (index - (len(shown) - 1) / 2) * width, per_seed.mean(axis=0), width,
+                     yerr=per_seed.std(axis=0, ddof=1) if len(per_seed) > 1 else None, capsize=2,
+                     color=colours[entry.label], label=entry.label)
+        axis.set_xticks(positions, keypoint_names, rotation=60, ha="right", fontsize="small")
+        axis.set(title=f"input {_size_name(size)}", ylabel="mean error (input px)")
+        axis.legend(fontsize="small")
+    return figure
+
+
+def _plot_floor(entries: list[Entry], colours: dict[str, str]) -> Figure:
+    sizes = _sizes(entries)
+    figure, axes = _panels(len(sizes), max(4.5, 1.2 * max(sum(e.size == s for e in entries) for s in sizes)), 3.6)
+    for axis, size in zip(axes, sizes):
+        shown = [e for e in entries if e.size == size]
+        positions = np.arange(len(shown))
+        floors = axis.bar(positions - 0.2, [e.row["floor_px"] for e in shown], 0.4, color="0.6",
+                          label="floor: decode(ideal outputs)")
+        trained = axis.bar(positions + 0.2, [e.row["mean_error_input_px"] for e in shown], 0.4,
+                           yerr=[_spread(e, "mean_error_input_px") or 0.0 for e in shown], capsize=3,
+                           color=[colours[e.label] for e in shown], label="trained")
+        for bars in (floors, trained):
+            axis.bar_label(bars, fmt="%.3g", fontsize="x-small")
+        axis.set_xticks(positions, [e.label for e in shown], rotation=30, ha="right")
+        axis.set(title=f"input {_size_name(size)}", ylabel="mean error (input px)")
+        axis.legend(fontsize="small")
+    return figure
+
+
+def _cell(entry: Entry, key: str, spread: bool = True) -> str:
+    value, std = entry.row[key], _spread(entry, key) if spread else None
+    return f"{value:.4g}" + (f" ± {std:.2g}" if std is not None else "")
+
+
+def _results_table(entries: list[Entry]) -> str:
+    rows = [{"representation": e.label, "input (HxW)": e.row["input"], "seeds": len(e.row["seeds"]),
+             "mean err (input px)": _cell(e, "mean_error_input_px"), "PCK@0.1": _cell(e, "pck@0.1"),
+             "AP": _cell(e, "AP"), "floor (input px)": _cell(e, "floor_px", spread=False),
+             "GFLOPs/img": _cell(e, "inference_gflops", spread=False), "infer ms/img": _cell(e, "inference_ms")}
+            for e in sorted(entries, key=lambda e: _by_area(e.size))]
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
+
+
+def _comparable(a: Entry, b: Entry) -> bool:
+    return (a.size == b.size and a.row["seeds"] == b.row["seeds"] and a.run.record["train"] == b.run.record["train"]
+            and a.run.record["data"]["flip_test"] == b.run.record["data"]["flip_test"])
+
+
+def _comparisons(entries: list[Entry], image_ids: np.ndarray, visible: np.ndarray) -> str:
+    rows, few_images = [], len(np.unique(image_ids)) < FEW_IMAGES
+    for a, b in itertools.combinations(sorted(entries, key=lambda e: _by_area(e.size)), 2):
+        if not _comparable(a, b):
+            continue
+        result = paired_bootstrap(a.errors.mean(axis=0), b.errors.mean(axis=0), visible, image_ids, RESAMPLES)
+        if result["significant"]:
+            verdict = f"**{a.label} beats {b.label}**" if result["ci_high"] < 0 else f"**{b.label} beats {a.label}**"
+        else:
+            verdict = "no significant difference"
+        rows.append({"input (HxW)": a.row["input"], "A": a.label, "B": b.label,
+                     "A − B (input px)": f"{result['mean_diff']:+.3g}",
+                     f"{CONFIDENCE:.0%} CI": f"[{result['ci_low']:+.3g}, {result['ci_high']:+.3g}]",
+                     "images / keypoints": f"{result['n_images']} / {result['n_keypoints']}", "verdict": verdict})
+    intro = (f"Difference in mean keypoint error, A − B (negative: A is more accurate), with a {CONFIDENCE:.0%} "
+             f"percentile bootstrap interval that resamples images ({RESAMPLES} resamples). A representation "
+             "trained with several seeds enters with its seed-mean error per keypoint, so the interval measures the "
+             "spread over evaluated images, not over retraining. \"A beats B\" is stated only where the interval "
+             "excludes zero. Rows are compared when they share the input size, the seeds, the schedule and the "
+             "flip test.\n\n")
+    if not rows:
+        return intro + "No two rows share an input size, seeds, schedule and flip test; nothing to compare.\n"
+    caution = (f"\nFewer than {FEW_IMAGES} validation images: a bootstrap over so few images gives intervals "
+               "that are too narrow, so read these verdicts as provisional.\n" if few_images else "")
+    return intro + tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) + "\n" + caution
+
+
+def _provenance(runs: list[RunDir]) -> str:
+    rows = []
+    for run in runs:
+        data, train = run.record["data"], run.record["train"]
+        rows.append({
+            "run": run.label,
+            "data": data["name"],
+            "train / val instances": f"{data['train_instances']} / {data['val_instances']}",
+            "split": f"{data['val_fraction']:.0%} val, seed {data['split_seed']}",
+            "backbone": f"ResNet-{train['backbone_depth']}, "
+                        + (f"initialised from {train['pretrained']}" if train["pretrained"] else "from scratch"),
+            "schedule": f"epochs {train['epochs']}, batch {train['batch_size']}, Adam lr {train['lr']:g}",
+            "seeds": ", ".join(map(str, run.record["seeds"])),
+            "flip test": "yes" if data["flip_test"] else "no",
+            "device": run.record["device"],
+            "commit": f"`{run.record['git_commit']}`",
+        })
+    commands = "\n".join(f"- {run.label}: `{run.record['command']}`" for run in runs)
+    return (tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
+            + f"\n\nMade by:\n\n{commands}\n")
+
+
+@contextlib.contextmanager
+def _publishing(out_dir: Path) -> Iterator[Path]:
+    """Yield a staging directory whose files appear in ``out_dir`` only once every one is written."""
+    if not out_dir.exists():
+        with atomic_directory(out_dir) as staging:
+            yield staging
+        return
+    staging = Path(tempfile.mkdtemp(prefix=".report.", dir=out_dir))
+    try:
+        yield staging
+        for path in sorted(staging.iterdir(), key=lambda p: p.name == REPORT):
+            os.replace(path, out_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
+    """Write ``out_dir/report.md`` and its figures for the runs in ``run_dirs``; returns the report's path."""
+    runs, evaluation = _load_runs(run_dirs)
+    entries = _entries(runs, evaluation["visible"])
+    if not entries:
+        raise HeatbenchError(f"report: {', '.join(str(run.path) for run in runs)} hold no result rows")
+    colours = _colours(entries)
+    figures = {
+        "accuracy_vs_resolution.png": _plot_accuracy(entries, colours),
+        "error_cdf.png": _plot_cdf(entries, colours),
+        "cost_vs_accuracy.png": _plot_cost(entries, colours),
+        "per_keypoint_error.png": _plot_per_keypoint(entries, colours, runs[0].record["data"]["keypoint_names"]),
+        "floor_vs_trained.png": _plot_floor(entries, colours),
+    }
+    sections = "".join(f"### {FIGURES[name][0]}\n\n![{FIGURES[name][0]}]({name})\n\n{FIGURES[name][1]}\n\n"
+                       for name in figures)
+    markdown = (
+        f"# heatbench report: {', '.join(run.label for run in runs)}\n\n"
+        "## Where these numbers come from\n\n" + _provenance(runs) + "\n"
+        "## Results\n\n"
+        "Errors are Euclidean distances over the labelled keypoints of the validation split, in pixels of the "
+        "network input; PCK@0.1 counts keypoints within 0.1 x the instance's box size; AP is OKS AP "
+        f"({runs[0].record['data']['oks_sigmas']}); floor is the error of decode(ideal outputs) for interior "
+        "keypoints; GFLOPs and ms are per image at batch 1 on the run's device. Mean ± sample std over seeds.\n\n"
+        + _results_table(entries) + "\n\n"
+        "## Figures\n\n" + sections
+        + "## Paired comparisons\n\n" + _comparisons(entries, evaluation["image_ids"], evaluation["visible"])
+    )
+    with _publishing(Path(out_dir)) as staging:
+        for name, figure in figures.items():
+            figure.savefig(staging / name, dpi=DPI)
+        (staging / REPORT).write_text(markdown)
+    return Path(out_dir) / REPORT

@@ -1,0 +1,132 @@
+"""The report of a tiny real run: every figure is a PNG, report.md links it, and the table has its rows."""
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from heatbench.cli import main
+from heatbench.errors import HeatbenchError
+from heatbench.report import FIGURES, REPORT, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RUN_FILES = ("results.json", "predictions.npz", "table.md", "table.csv")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from tests.conftest import MOUSE_MINI
+
+    root = tmp_path_factory.mktemp("report")
+    argv = ["run", "--repr", "heatmap,simcc", "--res", "64", "--epochs", "1", "--seeds", "2", "--batch-size", "4",
+            "--data", str(MOUSE_MINI), "--out", str(root / "results"), "--name", "tiny",
+            "--checkpoint-dir", str(root / "checkpoints"), "--quiet"]
+    assert main(argv) == 0
+    return root / "results" / "tiny"
+
+
+@pytest.fixture(scope="module")
+def report(run_dir, tmp_path_factory):
+    return write_report([run_dir], tmp_path_factory.mktemp("out") / "report")
+
+
+def _section(markdown: str, title: str) -> str:
+    return markdown.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _table_rows(section: str) -> list[list[str]]:
+    """The body rows of the first Markdown table in ``section``, split into stripped cells."""
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_every_figure_is_a_non_empty_png_beside_the_report(report):
+    assert report.name == REPORT and report.is_file()
+    for name in FIGURES:
+        data = (report.parent / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > len(PNG_SIGNATURE), name
+
+
+def test_report_links_every_figure_relatively(report):
+    markdown = report.read_text()
+    for name in FIGURES:
+        assert f"]({name})" in markdown
+
+
+def test_table_has_one_row_per_representation_and_input(report):
+    rows = _table_rows(_section(report.read_text(), "Results"))
+    assert [(row[0], row[1]) for row in rows] == [("heatmap", "64x64"), ("simcc", "64x64")]
+    assert all("±" in row[3] for row in rows)  # two seeds: the mean error carries its spread
+
+
+def test_report_states_data_schedule_device_commit_and_command(run_dir, report):
+    record = json.loads((run_dir / "results.json").read_text())
+    provenance = _section(report.read_text(), "Where these numbers come from")
+    for fact in ("mirror_mouse_mini", "epochs 1", "batch 4", "lr 0.001", "ResNet-18", record["device"],
+                 record["git_commit"], record["command"]):
+        assert fact in provenance
+
+
+def test_paired_comparison_states_a_winner_only_when_the_interval_excludes_zero(report):
+    rows = _table_rows(_section(report.read_text(), "Paired comparisons"))
+    assert len(rows) == 1 and rows[0][:3] == ["64x64", "heatmap", "simcc"]
+    low, high = map(float, re.fullmatch(r"\[(\S+), (\S+)\]", rows[0][4]).groups())
+    if low > 0 or high < 0:
+        assert "beats" in rows[0][6]
+    else:
+        assert rows[0][6] == "no significant difference"
+
+
+def test_report_into_the_run_directory_adds_files_and_keeps_the_run(run_dir, tmp_path):
+    run = shutil.copytree(run_dir, tmp_path / "tiny")
+    before = {name: (run / name).read_bytes() for name in RUN_FILES}
+    write_report([run], run)
+    assert {name: (run / name).read_bytes() for name in RUN_FILES} == before
+    assert sorted(p.name for p in run.iterdir()) == sorted({*RUN_FILES, REPORT, *FIGURES})  # no staging left
+
+
+def test_same_representation_in_two_runs_is_kept_twice_labelled_by_run(run_dir, tmp_path):
+    again = shutil.copytree(run_dir, tmp_path / "again")
+    record = json.loads((again / "results.json").read_text())
+    (again / "results.json").write_text(json.dumps({**record, "run": "again"}))
+    markdown = write_report([run_dir, again], tmp_path / "both").read_text()
+    labels = [row[0] for row in _table_rows(_section(markdown, "Results"))]
+    assert sorted(labels) == ["heatmap (again)", "heatmap (tiny)", "simcc (again)", "simcc (tiny)"]
+    comparisons = _table_rows(_section(markdown, "Paired comparisons"))
+    assert len(comparisons) == 6  # every pair of the four rows: same input, seeds and schedule
+    twins = [row for row in comparisons if {row[1], row[2]} == {"heatmap (tiny)", "heatmap (again)"}]
+    assert twins[0][3:5] == ["+0", "[+0, +0]"] and twins[0][6] == "no significant difference"
+
+
+def test_runs_evaluated_on_other_instances_are_refused(run_dir, tmp_path):
+    other = shutil.copytree(run_dir, tmp_path / "other")
+    with np.load(other / "predictions.npz") as predictions:
+        arrays = dict(predictions)
+    np.savez_compressed(other / "predictions.npz", **{**arrays, "image_ids": arrays["image_ids"] + 1})
+    with pytest.raises(HeatbenchError, match="other instances"):
+        write_report([run_dir, other], tmp_path / "mixed")
+
+
+def test_a_failed_report_leaves_no_files(run_dir, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    calls = []
+    real_savefig = Figure.savefig
+
+    def savefig_then_fail(self, path, **kwargs):
+        real_savefig(self, path, **kwargs)
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", savefig_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_report([run_dir], tmp_path / "fresh")
+    assert list(tmp_path.iterdir()) == []
+    run = shutil.copytree(run_dir, tmp_path / "tiny")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}  # the run may already hold a report of its own
+    calls.clear()
+    with pytest.raises(OSError, match="disk full"):
+        write_report([run], run)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
