@@ -36,3 +36,99 @@ def cell_centres(count: int, device=None, dtype=torch.float32) -> torch.Tensor:
 def gaussian(distance_sq: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
     """Unnormalised Gaussian exp(-d^2 / (2 sigma^2)) with peak 1; ``distance_sq`` in the units of sigma^2."""
     return torch.exp(-distance_sq / (2 * sigma**2))
+
+
+def heatmap_sigma(input_size: tuple[int, int], stride: int = 4) -> float:
+    """Gaussian std in cells for an (H, W) input: max(1, floor(L / 32 + 1/2)), L the map's long side.
+
+    Reproduces methods.md §1's table (64x64, 128x128 -> 1; 256x192, 256x256 -> 2; 384x288 -> 3).
+    """
+    long_side = max(input_size) / stride
+    return float(max(1, int(long_side / 32 + 0.5)))
+
+
+def gaussian_heatmaps(centre: torch.Tensor, size: tuple[int, int], sigma: float,
+                      window_centre: torch.Tensor | None = None,
+                      truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Peak-1 Gaussians of std ``sigma`` cells on an (h, w) grid whose cell (i, j) is centred at (i, j).
+
+    centre (B, K, 2) (x, y) in cells. The window is the cells within 3 sigma of ``window_centre`` (default:
+    ``centre``) on both axes; ``truncate`` zeroes the maps outside it (MSRA, UDP), otherwise they cover the
+    whole grid (DARK's unbiased maps). Returns maps (B, K, h, w), window (B, K, h, w) bool, and
+    meets_map (B, K) bool: whether the window holds any cell, the encoders' rule for weight 0.
+    """
+    window_centre = centre if window_centre is None else window_centre
+    height, width = size
+    radius = 3 * sigma
+    profiles, windows = [], []
+    for axis, count in ((0, width), (1, height)):  # two axes, not a loop over B or K
+        cells = torch.arange(count, device=centre.device, dtype=centre.dtype)
+        profiles.append(gaussian((cells - centre[..., axis, None]) ** 2, sigma))  # (B, K, count)
+        windows.append((cells - window_centre[..., axis, None]).abs() <= radius)
+    window = windows[1].unsqueeze(-1) & windows[0].unsqueeze(-2)  # (B, K, h, w)
+    maps = profiles[1].unsqueeze(-1) * profiles[0].unsqueeze(-2)
+    if truncate:
+        maps = maps * window
+    return maps, window, windows[0].any(dim=-1) & windows[1].any(dim=-1)
+
+
+def gaussian_blur(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """OpenCV's ``GaussianBlur(maps, (size, size), 0)`` of (..., H, W) maps, size odd: the std is
+    0.3 ((size - 1) / 2 - 1) + 0.8 and the border is reflect-101 (``cba|abcd|dcb``), folded into two (H, H)
+    and (W, W) matrices so that any map size works, even one smaller than the kernel.
+    (OpenCV uses fixed binomial tables for size <= 7; this samples the Gaussian for every size.)
+    """
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"gaussian_blur: size must be a positive odd number of taps, got {size}")
+    deviation = 0.3 * ((size - 1) / 2 - 1) + 0.8
+    taps = torch.arange(size, device=maps.device, dtype=maps.dtype) - size // 2
+    kernel = gaussian(taps**2, deviation)
+    kernel = kernel / kernel.sum()
+
+    def reflect_101_matrix(count: int) -> torch.Tensor:
+        source = torch.arange(count, device=maps.device).unsqueeze(-1) + taps.long()  # (count, size)
+        period = max(2 * (count - 1), 1)
+        source = source.remainder(period)
+        source = torch.where(source >= count, period - source, source)
+        matrix = torch.zeros(count, count, device=maps.device, dtype=maps.dtype)
+        return matrix.scatter_add_(1, source, kernel.expand(count, size))  # (out, in)
+
+    height, width = maps.shape[-2:]
+    return reflect_101_matrix(height) @ maps @ reflect_101_matrix(width).T
+
+
+def soft_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """Expected (x, y) of (..., H, W) probability maps -> (..., 2), in cells with cell i centred at i + 0.5.
+
+    Each coordinate is the expectation of its axis's marginal, so no (H, W, 2) grid is built.
+    """
+    height, width = probs.shape[-2:]
+    x = (probs.sum(dim=-2) * cell_centres(width, probs.device, probs.dtype)).sum(dim=-1)
+    y = (probs.sum(dim=-1) * cell_centres(height, probs.device, probs.dtype)).sum(dim=-1)
+    return torch.stack((x, y), dim=-1)
+
+
+def argmax_window(maps: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (2r + 1) x (2r + 1) values around each map's maximum, 0 where the window leaves the map.
+
+    maps (..., H, W) -> peak (..., 2) long (x, y) cell index of the maximum (the first on ties) and
+    window (..., 2r + 1, 2r + 1) with window[..., r + dy, r + dx] = maps[..., y + dy, x + dx].
+    """
+    height, width = maps.shape[-2:]
+    flat = maps.flatten(-2)
+    index = flat.argmax(dim=-1)
+    peak = torch.stack((index % width, index // width), dim=-1)
+    offsets = torch.arange(-radius, radius + 1, device=maps.device)
+    x = peak[..., 0, None, None] + offsets  # (..., 1, 2r + 1)
+    y = peak[..., 1, None, None] + offsets[:, None]  # (..., 2r + 1, 1)
+    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)  # (..., 2r + 1, 2r + 1)
+    cells = y.clamp(0, height - 1) * width + x.clamp(0, width - 1)
+    values = flat.gather(-1, cells.flatten(-2)).view(cells.shape)
+    return peak, torch.where(inside, values, torch.zeros_like(values))
+
+
+def inside_input(keypoints: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+    """(..., 2) canonical keypoints -> (...) bool: inside the closed input rectangle [0, W] x [0, H] of (H, W)."""
+    height, width = input_size
+    x, y = keypoints.unbind(-1)
+    return (x >= 0) & (x <= width) & (y >= 0) & (y <= height)
