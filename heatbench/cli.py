@@ -1,4 +1,4 @@
-"""Command line: ``python -m heatbench {run,list,floor,merge,report} ...`` (also installed as ``heatbench``).
+"""Command line: ``python -m heatbench {run,list,floor,merge,report,heatmap} ...`` (also installed as ``heatbench``).
 
 User errors (a bad flag value, an unknown name, an unreadable file) print one line and exit with status 2.
 """
@@ -115,6 +115,31 @@ def _report(args) -> None:
     print(write_report(args.directories, args.out or args.directories[0]))
 
 
+def _add_heatmap(commands) -> None:
+    parser = commands.add_parser("heatmap", help="PNGs of a trained model's predicted maps for one image")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by `run`")
+    parser.add_argument("--image", type=Path, required=True)
+    parser.add_argument("--repr", help="the checkpoint's representation (checked against it when given)")
+    parser.add_argument("--res", default="32,64,128,256",
+                        help="continuous maps: queries on the long side, comma-separated (discrete: native)")
+    parser.add_argument("--keypoint", type=int, default=0)
+    parser.add_argument("--no-local-ensemble", action="store_true",
+                        help="NerPE: decode from the single nearest cell, to show the discontinuities")
+    parser.add_argument("--out", type=Path, default=Path("heatmaps"))
+
+
+def _heatmap(args) -> None:
+    from .render import render_checkpoint
+
+    resolutions = [int(item) for item in args.res.split(",") if item.strip().isdigit()]
+    if not resolutions or len(resolutions) != len(args.res.split(",")):
+        raise HeatbenchError(f"--res {args.res!r}: expected comma-separated positive integers, e.g. 32,64,128")
+    overrides = {"local_ensemble": False} if args.no_local_ensemble else {}
+    for path in render_checkpoint(args.checkpoint, args.image, resolutions, args.out, args.keypoint, args.repr,
+                                  **overrides):
+        print(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="heatbench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_floor(commands)
     _add_merge(commands)
     _add_report(commands)
+    _add_heatmap(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report}
+    handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report, "heatmap": _heatmap}
     try:
         handlers[args.command](args)
     except (HeatbenchError, registry.UnknownRepresentationError, ConfigError) as error:

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .representation import Representation
+from .data.topdown import IMAGENET_MEAN, IMAGENET_STD, crop_affine, crop_box, warp_image
+from .errors import HeatbenchError
+from .representation import Representation, build_representation
 
 
 def _map_size(input_size: tuple[int, int], long_side: int) -> tuple[int, int]:
@@ -106,3 +110,49 @@ def render_native(representation: Representation, outputs, keypoint: int, out_di
     path = Path(out_dir) / f"{representation.name}_k{keypoint}_{height}x{width}.png"
     return _save_map(heatmap, representation.input_size, path,
                      f"{representation.name}, keypoint {keypoint}, {height}x{width}", image)
+
+
+def load_input(path: Path, input_size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) normalised network input showing the whole image at ``path``, padded to the input aspect."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.array(image.convert("RGB"), dtype=np.float32) / 255
+    except (OSError, ValueError) as error:
+        raise HeatbenchError(f"{path}: cannot read image ({error.__class__.__name__})") from None
+    height, width = pixels.shape[:2]
+    centre, size = crop_box(np.array([0.0, 0.0, width, height]), input_size, padding=1.0)
+    image = warp_image(torch.from_numpy(pixels).permute(2, 0, 1), crop_affine(centre, size, input_size), input_size)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return (image - mean) / std
+
+
+@torch.no_grad()
+def render_checkpoint(checkpoint: Path, image_path: Path, resolutions: list[int], out_dir: Path,
+                      keypoint: int = 0, expected_representation: str | None = None, **overrides) -> list[Path]:
+    """Pictures of one keypoint's predicted map for one image, from a ``run`` checkpoint.
+
+    Continuous representations are drawn at each of ``resolutions``; discrete ones at their native
+    resolution. ``overrides`` change the representation's config (e.g. ``local_ensemble=False``); a given
+    ``expected_representation`` must be the checkpoint's.
+    """
+    from .train import TrainConfig, build_model  # the harness imports this module's siblings; keep it lazy
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        meta = state["meta"]
+    except (OSError, KeyError, RuntimeError) as error:
+        raise HeatbenchError(f"{checkpoint}: not a heatbench run checkpoint ({error.__class__.__name__})") from None
+    if expected_representation not in (None, meta["representation"]):
+        raise HeatbenchError(f"--repr {expected_representation}: {checkpoint} holds a {meta['representation']!r} model")
+    representation = build_representation(meta["representation"], tuple(meta["input_size"]), meta["num_keypoints"],
+                                          **{**meta["config"], **overrides})
+    if not 0 <= keypoint < representation.num_keypoints:
+        raise HeatbenchError(f"--keypoint {keypoint}: the model has keypoints 0..{representation.num_keypoints - 1}")
+    model = build_model(representation, TrainConfig(backbone_depth=meta["backbone_depth"]))
+    model.load_state_dict(state["model"])
+    image = load_input(image_path, representation.input_size)
+    outputs = model.eval()(image[None])
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if hasattr(representation, "dense_heatmap"):
+        return render_heatmaps(representation, outputs, keypoint, resolutions, out_dir, image)
+    return [render_native(representation, outputs, keypoint, out_dir, image)]

@@ -139,6 +139,13 @@ def _loader(dataset, config: TrainConfig, device: torch.device, **batching) -> D
                       persistent_workers=config.num_workers > 0, **batching)
 
 
+def checkpoint_meta(representation: Representation, config: TrainConfig) -> dict:
+    """What a checkpoint needs to rebuild its model without the run that made it."""
+    return {"representation": representation.name, "input_size": representation.input_size,
+            "num_keypoints": representation.num_keypoints, "config": representation.resolved_config(),
+            "backbone_depth": config.backbone_depth}
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
@@ -213,7 +220,8 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
         if checkpoint is not None and context.is_main:
             _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                           "scheduler": scheduler.state_dict(), "epoch": epoch,
-                                          "torch_rng": torch.get_rng_state()})
+                                          "torch_rng": torch.get_rng_state(),
+                                          "meta": checkpoint_meta(representation, config)})
     bar.close()
     return time.perf_counter() - started, [float(loss) for loss in epoch_losses]
 

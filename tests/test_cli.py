@@ -89,3 +89,21 @@ def test_failed_run_keeps_the_previous_results(finished_run, tmp_path, mouse_min
         _run(tmp_path, mouse_mini, "tiny")
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["tiny"]
     assert (previous / "table.csv").read_bytes() == (finished_run / "table.csv").read_bytes()
+
+
+def test_heatmap_command_draws_a_checkpoint_at_native_resolution(finished_run, tmp_path, mouse_mini):
+    checkpoint = finished_run.parent.parent / "checkpoints" / "tiny" / "simcc_64x64_seed0.pt"
+    image = mouse_mini.parent / "labeled-data" / "img01.png"
+    argv = ["heatmap", "--repr", "simcc", "--checkpoint", str(checkpoint), "--image", str(image), "--keypoint", "3",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    (picture,) = tmp_path.iterdir()
+    assert picture.name == "simcc_k3_192x192.png"  # SimCC's x/y bins at split ratio 3 on a 64x64 input
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_heatmap_command_refuses_a_checkpoint_of_another_representation(finished_run, tmp_path, mouse_mini, capsys):
+    checkpoint = finished_run.parent.parent / "checkpoints" / "tiny" / "simcc_64x64_seed0.pt"
+    image = mouse_mini.parent / "labeled-data" / "img01.png"
+    assert main(["heatmap", "--repr", "nerpe", "--checkpoint", str(checkpoint), "--image", str(image)]) == 2
+    assert "holds a 'simcc' model" in capsys.readouterr().err
