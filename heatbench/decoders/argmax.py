@@ -1,0 +1,59 @@
+"""Argmax decoding: the heatmap cell with the largest value, the starting point of every heatmap decoder.
+
+Method: the keypoint is the integer cell (i*, j*) of the map's maximum and its score is that maximum
+(SimpleBaseline, Xiao et al., ECCV 2018, https://arxiv.org/abs/1804.06208; HRNet, Sun et al., CVPR 2019).
+The quantisation error is up to half a cell per axis.
+
+Coordinates: heatmap *index* units, cell (column i, row j) centred at (i, j); the representation that drew
+the map converts to canonical input pixels.
+
+A map without a peak (maximum <= 0, or flat: maximum == minimum) decodes to the map centre
+((W - 1) / 2, (H - 1) / 2) with score 0 (ours: mmpose returns -1, a point outside the map; the centre keeps
+the prediction inside the image, and score 0 tells refinements and metrics that nothing was found).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class Peak(NamedTuple):
+    index: torch.Tensor   # (B, K, 2) long (x, y): the argmax cell, also where no peak was found
+    coords: torch.Tensor  # (B, K, 2) float index units: the argmax cell, or the map centre where no peak
+    score: torch.Tensor   # (B, K): the maximum, or 0 where no peak
+    found: torch.Tensor   # (B, K) bool: the map has a positive, non-flat maximum
+
+
+def argmax_2d(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K, H, W) maps -> (B, K, 2) long (x, y) index of each maximum (first one on ties) and (B, K) maximum."""
+    width = heatmaps.shape[-1]
+    values, flat = heatmaps.flatten(-2).max(dim=-1)
+    return torch.stack((flat % width, flat // width), dim=-1), values
+
+
+def take_2d(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Values of (B, K, H, W) maps at integer cells x, y of shape (B, K, ...), read as (B, K, ...).
+
+    Reads outside the map are clamped to its edge, which is reading an edge-padded map.
+    """
+    height, width = maps.shape[-2:]
+    index = y.clamp(0, height - 1) * width + x.clamp(0, width - 1)
+    values = maps.flatten(-2).gather(-1, index.reshape(*maps.shape[:-2], -1))
+    return values.view(index.shape)
+
+
+def find_peak(heatmaps: torch.Tensor) -> Peak:
+    """The argmax of every (B, K, H, W) map, with the no-peak rule of the module docstring applied."""
+    height, width = heatmaps.shape[-2:]
+    index, maximum = argmax_2d(heatmaps)
+    found = (maximum > 0) & (maximum > heatmaps.flatten(-2).amin(dim=-1))
+    centre = torch.tensor([(width - 1) / 2, (height - 1) / 2], device=heatmaps.device, dtype=heatmaps.dtype)
+    coords = torch.where(found.unsqueeze(-1), index.to(heatmaps.dtype), centre)
+    return Peak(index, coords, torch.where(found, maximum, torch.zeros_like(maximum)), found)
+
+
+def decode(heatmaps: torch.Tensor, sigma: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K, H, W) maps -> (B, K, 2) index-unit coordinates and (B, K) scores. ``sigma`` is unused."""
+    peak = find_peak(heatmaps)
+    return peak.coords, peak.score
