@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import math
-import os
-import shutil
-import tempfile
 import typing
 from pathlib import Path
 
 import torch
 from tabulate import tabulate
 
-from . import registry
+from . import registry, results
 from .representation import Representation, build_representation
 
 COLUMNS = ("representation", "variant", "res", "region", "n", "mean_px", "p95_px", "max_px", "bias_x_px",
@@ -152,26 +148,19 @@ Euclidean error; bias is the mean signed error (decoded - true) per axis. No tra
 """
 
 
-def write_floor_table(rows: list[dict], out_dir: Path) -> None:
-    """Write ``table.md``, ``table.csv`` and ``table.json`` into ``out_dir``, all or nothing.
-
-    The files are written to a temporary directory beside ``out_dir`` and moved in only once all three
-    exist, so a failure leaves the previous table (or none) in place, never a half-written one.
+def write_floor_table(rows: list[dict], out_dir: Path) -> str:
+    """Write ``table.md`` (with the command that made it), ``table.csv`` and ``table.json`` into ``out_dir``,
+    all or nothing (``results.atomic_directory``). Returns the Markdown table.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    origin = results.provenance(torch.device("cpu"))
+    preface = _PREAMBLE + f"Made by `{origin['command']}` at commit {origin['git_commit']}.\n\n"
+    table = tabulate([[row[column] for column in COLUMNS] for row in rows], headers=COLUMNS,
+                     tablefmt="github", floatfmt=".4f")
+    with results.atomic_directory(Path(out_dir)) as staging:
         with open(staging / "table.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows({column: row[column] for column in COLUMNS} for row in rows)
-        (staging / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
-        table = tabulate([[row[column] for column in COLUMNS] for row in rows], headers=COLUMNS,
-                         tablefmt="github", floatfmt=".4f")
-        (staging / "table.md").write_text(_PREAMBLE + table + "\n")
-        out_dir.mkdir(exist_ok=True)
-        for name in ("table.csv", "table.json", "table.md"):
-            os.replace(staging / name, out_dir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        results.write_json(staging / "table.json", {**origin, "rows": rows})
+        (staging / "table.md").write_text(preface + table + "\n")
+    return table

@@ -46,16 +46,6 @@ SAME_PX = 1e-3
 OFF_BOUNDARY_PX = 0.01 * math.sqrt(2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Every tensor here is small: intra-op threads cost more than they save, and on a busy machine OpenMP's
-    spinning threads made this file several times slower. Restored afterwards for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CASES = [pytest.param(name, overrides, id=f"{name}[{variant_label(overrides)}]")
          for name in heatbench.available_representations() for overrides in variants(registry.get(name))]
 RES = pytest.mark.parametrize("input_size", RESOLUTIONS, ids=lambda size: f"{size[0]}x{size[1]}")
