@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -48,6 +49,18 @@ def zip_tensors(fn, first: Any, second: Any) -> Any:
     if first is None:
         return None
     raise TypeError(f"cannot combine outputs of type {type(first).__name__}")
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for a finite int or float (not a bool): what numeric config fields accept."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_feature_stride(name: str, in_stride: int, stride: int) -> None:
+    """A head that maps features 1:1 onto its output needs them at the config's output stride."""
+    if in_stride != stride:
+        raise ValueError(f"{name}: the head maps stride-{in_stride} features 1:1 onto its output, but the config's "
+                         f"stride is {stride}; set stride={in_stride} or change the backbone's output stride")
 
 
 class ConfigError(HeatbenchError, ValueError):

@@ -73,7 +73,7 @@ from torch import nn
 
 from .. import ops
 from ..decoders import get_decoder
-from ..representation import FlipPairs, Representation
+from ..representation import FlipPairs, Representation, check_feature_stride, is_finite_number
 
 Demanders = Literal["naive", "subpixel"]
 DecoderName = Literal["local_mean", "argmax", "quarter_offset", "dark", "udp_dark"]
@@ -81,9 +81,6 @@ _DEMANDERS = get_args(Demanders)
 _DECODERS = get_args(DecoderName)
 _FLOAT_SLACK_PX = 1e-3  # float32 rounding of window means over maps of up to 64 x 48 cells, with a margin
 
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,13 +95,13 @@ class HDMConfig:
     def __post_init__(self):
         if self.demanders not in _DEMANDERS:
             raise ValueError(f"demanders must be one of {', '.join(_DEMANDERS)}, got {self.demanders!r}")
-        if not (_is_number(self.epsilon) and self.epsilon > 0):
+        if not (is_finite_number(self.epsilon) and self.epsilon > 0):
             raise ValueError(f"epsilon must be a positive number of cells, got {self.epsilon!r}")
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
             raise ValueError(f"iterations must be a positive integer, got {self.iterations!r}")
         if self.decoder not in _DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(_DECODERS)}, got {self.decoder!r}")
-        if not (_is_number(self.blur_sigma) and self.blur_sigma > 0):
+        if not (is_finite_number(self.blur_sigma) and self.blur_sigma > 0):
             raise ValueError(f"blur_sigma must be a positive width in cells, got {self.blur_sigma!r}")
         if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
             raise ValueError(f"stride must be a positive integer, got {self.stride!r}")
@@ -188,9 +185,7 @@ class HDM(Representation):
         return self.map_size
 
     def build_head(self, in_channels: int, in_stride: int) -> nn.Module:
-        if in_stride != self.config.stride:
-            raise ValueError(f"hdm: the 1x1 head keeps the feature stride {in_stride}, but the config's stride "
-                             f"is {self.config.stride} (set stride={in_stride})")
+        check_feature_stride(self.name, in_stride, self.config.stride)
         return nn.Conv2d(in_channels, self.num_keypoints, kernel_size=1)
 
     def _cell_centres(self, like: torch.Tensor) -> torch.Tensor:

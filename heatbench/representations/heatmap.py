@@ -44,7 +44,7 @@ from torch import nn
 from .. import ops
 from ..decoders import DECODERS, get_decoder
 from ..floor import interior_margin_px
-from ..representation import FlipPairs, Representation
+from ..representation import FlipPairs, Representation, check_feature_stride
 
 Encoding = Literal["msra", "unbiased", "udp"]
 DecoderName = Literal["argmax", "quarter_offset", "dark", "udp_dark"]
@@ -151,9 +151,7 @@ class Heatmap(Representation):
         return self.map_size
 
     def build_head(self, in_channels: int, in_stride: int) -> nn.Module:
-        if in_stride != self.config.stride:
-            raise ValueError(f"heatmap stride {self.config.stride} needs features at that stride; got stride "
-                             f"{in_stride} (set stride={in_stride} or change the backbone's output stride)")
+        check_feature_stride(self.name, in_stride, self.config.stride)
         return nn.Conv2d(in_channels, self.num_keypoints, kernel_size=1)
 
     def _grid(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

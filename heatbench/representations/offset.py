@@ -66,7 +66,7 @@ from torch import nn
 
 from .. import ops
 from ..decoders.argmax import argmax_2d, take_2d
-from ..representation import FlipPairs, Representation
+from ..representation import FlipPairs, Representation, check_feature_stride
 
 Variant = Literal["udp_combined", "centernet"]
 
@@ -155,9 +155,7 @@ class Offset(Representation):
         return height // self.config.stride, width // self.config.stride
 
     def build_head(self, in_channels: int, in_stride: int) -> nn.Module:
-        if in_stride != self.config.stride:
-            raise ValueError(f"offset: the head maps stride-{in_stride} features 1:1, but the config's stride is "
-                             f"{self.config.stride}; set stride={in_stride}")
+        check_feature_stride(self.name, in_stride, self.config.stride)
         return OffsetHead(in_channels, self.num_keypoints)
 
     def _to_map(self, keypoints: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,7 @@ from torch import nn
 
 from .. import ops
 from ..decoders import get_decoder
-from ..representation import FlipPairs, Representation
+from ..representation import FlipPairs, Representation, check_feature_stride
 
 Encoding = Literal["msra", "unbiased"]
 DecoderName = Literal["argmax", "quarter_offset", "dark"]
@@ -173,9 +173,7 @@ class SAHR(Representation):
         return height // self.config.stride, width // self.config.stride
 
     def build_head(self, in_channels: int, in_stride: int) -> nn.Module:
-        if in_stride != self.config.stride:
-            raise ValueError(f"sahr: heatmap stride {self.config.stride} needs features at that stride; got "
-                             f"stride {in_stride} (set stride={in_stride})")
+        check_feature_stride(self.name, in_stride, self.config.stride)
         return SAHRHead(in_channels, self.num_keypoints, self.config.scale_adaptive)
 
     def encode(self, keypoints: torch.Tensor, visible: torch.Tensor) -> SAHRTargets:

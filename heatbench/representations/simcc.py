@@ -52,14 +52,11 @@ from torch import nn
 
 from .. import ops
 from ..decoders.dark import dark_1d
-from ..representation import FlipPairs, Representation, zip_tensors
+from ..representation import FlipPairs, Representation, is_finite_number, zip_tensors
 
 Label = Literal["gaussian", "onehot"]
 _LABELS = get_args(Label)
 
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +70,11 @@ class SimCCConfig:
     def __post_init__(self):
         if self.label not in _LABELS:
             raise ValueError(f"label must be one of {', '.join(_LABELS)}, got {self.label!r}")
-        if not (_is_number(self.split_ratio) and self.split_ratio > 0):
+        if not (is_finite_number(self.split_ratio) and self.split_ratio > 0):
             raise ValueError(f"split_ratio must be a positive number of bins per pixel, got {self.split_ratio!r}")
-        if not (_is_number(self.sigma) and self.sigma > 0):
+        if not (is_finite_number(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be a positive width in bins, got {self.sigma!r}")
-        if not (_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1):
+        if not (is_finite_number(self.label_smoothing) and 0 <= self.label_smoothing < 1):
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not isinstance(self.use_dark, bool):
             raise ValueError(f"use_dark must be true or false, got {self.use_dark!r}")

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..representation import FlipPairs, Representation
+from ..representation import FlipPairs, Representation, check_feature_stride, is_finite_number
 
 Variant = Literal["ipr", "dsnt", "debias"]
 _VARIANTS = get_args(Variant)
@@ -82,9 +82,6 @@ _VARIANT_BETA = {"ipr": 1.0, "dsnt": 1.0, "debias": 10.0}
 _MIN_FOREGROUND = 0.05  # the clamp on the debias foreground share a; see the module docstring
 _BISECTION_STEPS = 40   # shrinks the bracket (at most a few hundred cells) below float32 resolution
 
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +95,11 @@ class SoftArgmaxConfig:
     def __post_init__(self):
         if self.variant not in _VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(_VARIANTS)}, got {self.variant!r}")
-        if self.beta is not None and not (_is_number(self.beta) and self.beta > 0):
+        if self.beta is not None and not (is_finite_number(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be a positive number (or None for the variant's value), got {self.beta!r}")
-        if not (_is_number(self.js_weight) and self.js_weight >= 0):
+        if not (is_finite_number(self.js_weight) and self.js_weight >= 0):
             raise ValueError(f"js_weight must be a non-negative number, got {self.js_weight!r}")
-        if not (_is_number(self.js_sigma) and self.js_sigma > 0):
+        if not (is_finite_number(self.js_sigma) and self.js_sigma > 0):
             raise ValueError(f"js_sigma must be a positive width in cells, got {self.js_sigma!r}")
         if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
             raise ValueError(f"stride must be a positive integer, got {self.stride!r}")
@@ -173,9 +170,7 @@ class SoftArgmax(Representation):
         return self.map_size
 
     def build_head(self, in_channels: int, in_stride: int) -> nn.Module:
-        if in_stride != self.config.stride:
-            raise ValueError(f"softargmax: the 1x1 head keeps the feature stride {in_stride}, but the config's "
-                             f"stride is {self.config.stride} (set stride={in_stride})")
+        check_feature_stride(self.name, in_stride, self.config.stride)
         return nn.Conv2d(in_channels, self.num_keypoints, kernel_size=1)
 
     def _map_size_xy(self, like: torch.Tensor) -> torch.Tensor:
