@@ -1,4 +1,4 @@
-"""Command line: ``python -m heatbench {run,list,floor,merge,report,heatmap} ...`` (also installed as ``heatbench``).
+"""Command line: ``python -m heatbench {run,list,floor,profile,merge,report,heatmap} ...`` (also installed as ``heatbench``).
 
 User errors (a bad flag value, an unknown name, an unreadable file) print one line and exit with status 2.
 """
@@ -45,11 +45,7 @@ def _run(args) -> None:
     from .runner import RunSpec, parse_overrides, parse_resolutions, run
     from .train import TrainConfig
 
-    names = [name.strip() for name in args.repr.split(",") if name.strip()]
-    if not names:
-        raise HeatbenchError("--repr: name at least one representation")
-    for name in names:
-        registry.get(name)
+    names = _names(args.repr)
     changes = {"epochs": args.epochs, "batch_size": args.batch_size, "backbone_depth": args.backbone,
                "pretrained": args.pretrained}
     train = dataclasses.replace(TrainConfig(), flip_test=not args.no_flip_test,
@@ -80,9 +76,7 @@ def _floor(args) -> None:
     from . import floor
     from .runner import parse_resolutions
 
-    names = registry.available() if args.repr == "all" else [n.strip() for n in args.repr.split(",") if n.strip()]
-    for name in names:
-        registry.get(name)
+    names = _names(args.repr)
     if args.n < 1:
         raise HeatbenchError(f"--n {args.n}: must be >= 1")
     rows = floor.floor_rows(names, parse_resolutions(args.res), n=args.n, seed=args.seed)
@@ -140,6 +134,41 @@ def _heatmap(args) -> None:
         print(path)
 
 
+def _add_profile(commands) -> None:
+    parser = commands.add_parser("profile", help="the cost table: parameters, GFLOPs, latency, throughput, memory")
+    parser.add_argument("--repr", default="all", help="'all' or comma-separated names")
+    parser.add_argument("--res", default="64,128,256x192", help="input sizes (default 64,128,256x192)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch", default="1,32", help="inference batch sizes, comma-separated (default 1,32)")
+    parser.add_argument("--backbone", type=int, choices=(18, 50), default=18, help="ResNet depth (default 18)")
+    parser.add_argument("--out", type=Path, default=Path("results/profile"))
+
+
+def _profile(args) -> None:
+    from .profile import profile_rows, write_profile_table
+    from .runner import parse_resolutions
+    from .train import resolve_device
+
+    names = _names(args.repr)
+    items = args.batch.split(",")
+    if not all(item.strip().isdigit() for item in items):
+        raise HeatbenchError(f"--batch {args.batch!r}: expected comma-separated positive integers, e.g. 1,32")
+    device = resolve_device(args.device)
+    rows = profile_rows(names, parse_resolutions(args.res), device, [int(item) for item in items],
+                        backbone_depth=args.backbone)
+    print(write_profile_table(rows, args.out, device))
+
+
+def _names(text: str) -> list[str]:
+    """'all' or comma-separated names -> registered names; an unknown one is an error listing the known."""
+    names = registry.available() if text == "all" else [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise HeatbenchError("--repr: name at least one representation")
+    for name in names:
+        registry.get(name)
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="heatbench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -149,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_merge(commands)
     _add_report(commands)
     _add_heatmap(commands)
+    _add_profile(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report, "heatmap": _heatmap}
+    handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report, "heatmap": _heatmap, "profile": _profile}
     try:
         handlers[args.command](args)
     except (HeatbenchError, registry.UnknownRepresentationError, ConfigError) as error:

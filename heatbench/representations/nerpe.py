@@ -26,7 +26,8 @@ Defaults (every released config): 8 cells on the long side (8x8 at 64x64 and 128
 MLP hidden (256, 256, 128, 128, 128) with ReLU and linear K outputs, no positional encoding (L=0), local
 ensemble on, sub-division sampling with S=8 (64 queries per cell), Gaussian sigma 0.06 (Laplace b 0.09),
 unlabelled keypoints masked (``REG_INVIS_CONF_TO_ZERO: false``), U=32 queries per cell per axis at test time.
-The paper has no per-resolution table for these, so ``default_config`` is the same at every input size.
+The release has no per-resolution table; below 128 px ``default_config`` lowers S to keep the released
+128x128 config's query density (S = 4 at 64x64; ours, see ``NerPE.default_config``).
 
 Choices the paper and release leave open, all ours:
 - the grid's short side is ``cells * short / long`` and must be an integer (the release sets it by hand);
@@ -373,6 +374,17 @@ class NerPE(Representation):
     """
 
     config_class: ClassVar[type] = NerPEConfig
+
+    @classmethod
+    def default_config(cls, input_size: tuple[int, int]) -> NerPEConfig:
+        """The release's defaults, except S below 128 px (ours): the release has no config under 128x128,
+        and at 64x64 its S = 8 would draw one training query per input pixel, 4x the density of the densest
+        released config (128x128: 64 queries per 16 x 16-px cell). S = 8 * cell size / 16 px, at most 8,
+        keeps that density (S = 4 at 64x64) and a quarter of the MLP's training cost there.
+        """
+        config = NerPEConfig()
+        cell_px = max(input_size) / config.cells
+        return dataclasses.replace(config, samples_per_axis=max(1, min(8, round(8 * cell_px / 16))))
     floor_tolerance_px: ClassVar[float] = 0.71
     floor_variants: ClassVar[tuple[str, ...]] = ("target", "decoding")
 
