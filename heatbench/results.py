@@ -64,6 +64,12 @@ def device_description(device: torch.device) -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def _program() -> str:
+    """How heatbench was started, as a user would type it."""
+    program = Path(sys.argv[0]).name
+    return "python -m heatbench" if program == "__main__.py" else program
+
+
 def provenance(device: torch.device) -> dict:
     """Library versions, device, platform, git commit and command line, recorded with every result."""
     versions = {}
@@ -73,7 +79,7 @@ def provenance(device: torch.device) -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join([_program(), *sys.argv[1:]]),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "libraries": versions,
