@@ -1,0 +1,99 @@
+"""Every registered representation's share of training and inference, timed piece by piece on the CPU.
+
+For each representation at 64x64 and 256x192, batch B = 8, K = 17, four benchmarks, so that a regression
+shows as a ratio against a stored baseline:
+
+- ``encode``: (B, K, 2) keypoints -> training targets;
+- ``loss_backward``: head forward on fixed (B, 256, H/4, W/4) backbone features, loss, backward (the loss of
+  some representations queries the head, as NerPE's does, so loss and head cannot be timed apart);
+- ``decode``: the head's outputs -> (B, K, 2) keypoints, in eval and inference mode;
+- ``train_step``: one full step of the model ``run`` trains (ResNet-18, neck and head): encode, forward, loss,
+  backward, Adam, as in ``heatbench.cost.measure_train_step``.
+
+Weights and inputs are random and seeded; no cost measured here depends on their values. The first three
+are calibrated by pytest-benchmark (at least 5 rounds); the train step runs a fixed number of rounds after
+one warm-up round that also allocates Adam's state, 2 at 256x192, where a step takes seconds on 2 cores.
+
+    python -m pytest benchmarks/test_train_step.py --benchmark-enable --benchmark-autosave -p no:cacheprovider
+    python -m pytest benchmarks/test_train_step.py --benchmark-enable --benchmark-compare \
+        --benchmark-compare-fail=median:25% -p no:cacheprovider
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from heatbench import available_representations, build_representation
+from heatbench.train import TrainConfig, build_model
+
+BATCH, KEYPOINTS, FEATURES, STRIDE = 8, 17, 256, 4  # FEATURES and STRIDE: the shared backbone's neck output
+SIZES = {"64x64": (64, 64), "256x192": (256, 192)}
+TRAIN_ROUNDS = {"64x64": 5, "256x192": 2}
+
+parametrize_cases = pytest.mark.parametrize(
+    ("name", "size"), [(name, size) for name in available_representations() for size in SIZES])
+
+
+def _case(name: str, size: str):
+    """(representation, head, features (B, 256, H/4, W/4), keypoints (B, K, 2) in the input, visible (B, K))."""
+    representation = build_representation(name, SIZES[size], KEYPOINTS)
+    height, width = SIZES[size]
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    head = representation.build_head(FEATURES, STRIDE)
+    features = torch.randn(BATCH, FEATURES, height // STRIDE, width // STRIDE, generator=generator)
+    keypoints = torch.rand(BATCH, KEYPOINTS, 2, generator=generator) * torch.tensor([width, height])
+    return representation, head, features, keypoints, torch.ones(BATCH, KEYPOINTS)
+
+
+@parametrize_cases
+def test_encode(benchmark, name, size):
+    representation, _, _, keypoints, visible = _case(name, size)
+    benchmark.extra_info.update(batch=BATCH, keypoints=KEYPOINTS)
+    benchmark(representation.encode, keypoints, visible)
+
+
+@parametrize_cases
+def test_loss_backward(benchmark, name, size):
+    representation, head, features, keypoints, visible = _case(name, size)
+    targets = representation.encode(keypoints, visible)
+    head.train()
+
+    def loss_backward() -> torch.Tensor:
+        head.zero_grad(set_to_none=True)
+        loss = representation.loss(head(features), targets)
+        loss.backward()
+        return loss
+
+    benchmark.extra_info.update(batch=BATCH, keypoints=KEYPOINTS)
+    assert torch.isfinite(benchmark(loss_backward))
+
+
+@parametrize_cases
+def test_decode(benchmark, name, size):
+    representation, head, features, _, _ = _case(name, size)
+    with torch.inference_mode():
+        outputs = head.eval()(features)
+        benchmark.extra_info.update(batch=BATCH, keypoints=KEYPOINTS)
+        coords, _ = benchmark(representation.decode, outputs)
+    assert coords.shape == (BATCH, KEYPOINTS, 2)
+
+
+@parametrize_cases
+def test_train_step(benchmark, name, size):
+    representation, _, _, keypoints, visible = _case(name, size)
+    height, width = SIZES[size]
+    model = build_model(representation, TrainConfig()).train()
+    images = torch.randn(BATCH, 3, height, width, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = representation.loss(model(images), representation.encode(keypoints, visible))
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    benchmark.extra_info.update(batch=BATCH, keypoints=KEYPOINTS, backbone="resnet18")
+    loss = benchmark.pedantic(step, rounds=TRAIN_ROUNDS[size], warmup_rounds=1, iterations=1)
+    assert torch.isfinite(loss)
