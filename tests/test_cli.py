@@ -1,5 +1,6 @@
 """The main job end to end on a tiny schedule, and its answers to bad input."""
 import json
+import math
 import shutil
 
 import pandas as pd
@@ -107,3 +108,15 @@ def test_heatmap_command_refuses_a_checkpoint_of_another_representation(finished
     image = mouse_mini.parent / "labeled-data" / "img01.png"
     assert main(["heatmap", "--repr", "nerpe", "--checkpoint", str(checkpoint), "--image", str(image)]) == 2
     assert "holds a 'simcc' model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", __import__("heatbench").available_representations())
+def test_every_representation_trains_through_run_with_a_falling_loss(name, tmp_path, mouse_mini):
+    argv = ["run", "--repr", name, "--res", "64", "--epochs", "4", "--batch-size", "2", "--quiet",
+            "--data", str(mouse_mini), "--out", str(tmp_path), "--name", "falling",
+            "--checkpoint-dir", str(tmp_path / "ck")]
+    assert main(argv) == 0
+    (row,) = json.loads((tmp_path / "falling" / "results.json").read_text())["seed_rows"]
+    losses = row["epoch_losses"]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < losses[0], losses
