@@ -39,7 +39,7 @@ def _case(name: str, size: str):
     representation = build_representation(name, SIZES[size], KEYPOINTS)
     height, width = SIZES[size]
     generator = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the head's initialisation draws from the global generator
     head = representation.build_head(FEATURES, STRIDE)
     features = torch.randn(BATCH, FEATURES, height // STRIDE, width // STRIDE, generator=generator)
     keypoints = torch.rand(BATCH, KEYPOINTS, 2, generator=generator) * torch.tensor([width, height])

@@ -33,6 +33,20 @@ def keypoint_errors(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.linalg.norm(predicted - target, axis=-1)
 
 
+def mean_error(predicted: np.ndarray, target: np.ndarray, visible: np.ndarray) -> float:
+    """Mean Euclidean error over labelled keypoints of (N, K, 2) predictions, in the targets' units."""
+    return _masked_mean(np.nan_to_num(keypoint_errors(predicted, target)), visible > 0)
+
+
+def decoding_agreement(first: np.ndarray, second: np.ndarray, step_xy: tuple[float, float],
+                       visible: np.ndarray) -> float:
+    """Fraction of labelled keypoints where two decodings of the same outputs, (N, K, 2) input px, lie within
+    one grid step of each other on each axis; ``step_xy`` = the input px between neighbouring grid points."""
+    step = np.asarray(step_xy, dtype=np.float64) * (1 + 1e-6)  # a neighbouring grid point, not rounding, differs
+    close = (np.abs(first - second) <= step).all(axis=-1)
+    return _masked_mean(close.astype(np.float64), visible > 0)
+
+
 def pck(errors: np.ndarray, visible: np.ndarray, norm: np.ndarray, threshold: float) -> float:
     """Fraction of labelled keypoints with error < threshold x norm; errors/visible (N, K), norm (N,)."""
     hits = np.nan_to_num(errors) < threshold * norm[:, None]
@@ -86,10 +100,9 @@ def evaluate_predictions(dataset, pred_image: np.ndarray, pred_input: np.ndarray
     """
     visible = dataset.visible > 0
     image_errors = keypoint_errors(pred_image, dataset.keypoints)
-    input_errors = keypoint_errors(pred_input, target_input)
     box_size = dataset.boxes[:, 2:].max(axis=1)
     metrics = {
-        "mean_error_input_px": _masked_mean(np.nan_to_num(input_errors), visible),
+        "mean_error_input_px": mean_error(pred_input, target_input, visible),
         "mean_error_image_px": _masked_mean(np.nan_to_num(image_errors), visible),
     }
     for threshold in PCK_THRESHOLDS:

@@ -18,9 +18,9 @@ what is counted and timed.
   or on CPU peak resident memory, a lower bound).
 - ``train_batch`` (the largest B), ``train_step_ms`` and ``train_step_ms_spread`` (median and IQR of one
   step: encode, forward, loss, backward, Adam, ms per batch), ``train_images_per_s`` and ``train_peak_mib``.
-- only for a representation whose config has a ``Literal`` field named ``decoding`` (NerPE: standard and
-  progressive), for every value v: ``inference_gflops_{v}``, ``inference_ms_b{B}_{v}`` and
-  ``inference_ms_spread_b{B}_{v}``; the configured value's columns repeat the plain ones.
+- for each of the representation's ``decoding_variants`` v (NerPE: progressive beside the configured
+  standard decoding), the same model's outputs decoded by v: ``inference_gflops_{v}``,
+  ``inference_ms_b{B}_{v}`` and ``inference_ms_spread_b{B}_{v}``; none for the other representations.
 - ``backbone_depth``, ``warmup``, ``repeats``, ``train_repeats``: how the row was measured (csv and json);
   ``batches``, ``decodings`` and the resolved representation ``config``: json only.
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import time
-import typing
 from pathlib import Path
 
 import torch
@@ -49,12 +48,6 @@ from .train import TrainConfig, build_model
 log = logging.getLogger(__name__)
 
 MIB = 2**20
-
-
-def decoding_values(cls: type[Representation]) -> tuple[str, ...]:
-    """The values of ``cls``'s config field ``decoding`` when it is a ``Literal``; () when there is none."""
-    hint = typing.get_type_hints(cls.config_class).get("decoding")
-    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
 
 
 def _model(representation: Representation, backbone_depth: int) -> PoseModel:
@@ -90,22 +83,16 @@ def _row(representation: Representation, device: torch.device, batches: list[int
     for batch, result in measured.items():
         row[f"inference_images_per_s_b{batch}"] = result["throughput_images_per_s"]
         row[f"inference_peak_mib_b{batch}"] = result["peak_memory_bytes"] / MIB
+    variants = representation.decoding_variants()
+    for value, variant in variants.items():
+        row |= _latency_columns(_inference(variant, model, device, batches, warmup, repeats), f"_{value}")
     # after the inference measurements: the training step trains the model it is given
     train = cost.measure_train_step(representation, model, size, device, max(batches), warmup, train_repeats)
     row |= {"train_gflops": train["train_gflops_per_image"], "train_batch": train["batch"],
             "train_step_ms": train["step_time_s"] * 1e3, "train_step_ms_spread": train["step_time_spread_s"] * 1e3,
             "train_images_per_s": train["train_images_per_s"], "train_peak_mib": train["peak_memory_bytes"] / MIB}
-    decodings = decoding_values(type(representation))
-    for value in decodings:
-        if value != representation.config.decoding:
-            variant = build_representation(name, size, representation.num_keypoints, decoding=value)
-            # a model of its own: a plugin's head may depend on its decoding, and the cost table must not guess
-            row |= _latency_columns(_inference(variant, _model(variant, backbone_depth), device, batches, warmup,
-                                               repeats), f"_{value}")
-        else:
-            row |= _latency_columns(measured, f"_{value}")
     return row | {"backbone_depth": backbone_depth, "warmup": warmup, "repeats": repeats,
-                  "train_repeats": train_repeats, "batches": list(batches), "decodings": list(decodings),
+                  "train_repeats": train_repeats, "batches": list(batches), "decodings": list(variants),
                   "config": representation.resolved_config()}
 
 

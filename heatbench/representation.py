@@ -121,6 +121,11 @@ class Representation(abc.ABC):
         """The flip-test average of the outputs and the flipped-back outputs of the mirrored input."""
         return zip_tensors(lambda a, b: (a + b) / 2, outputs, flipped_back)
 
+    def decoding_variants(self) -> dict[str, "Representation"]:
+        """Other decodings of the same outputs that ``run`` also applies to the trained model, by name, so that
+        its table compares them (agreement, error, GFLOPs) on real predictions; none by default."""
+        return {}
+
     def resolved_config(self) -> dict:
         """The configuration as plain data, recorded with every result."""
         return dataclasses.asdict(self.config)

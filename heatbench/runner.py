@@ -44,6 +44,20 @@ TABLE_COLUMNS = {
 }
 
 
+def table_columns(rows: list[dict]) -> dict[str, str]:
+    """TABLE_COLUMNS, with each decoding variant's GFLOPs, agreement and error after the main GFLOPs column."""
+    variants = dict.fromkeys(name for row in rows for name in row.get("decoding_variants", []))
+    columns = {}
+    for key, title in TABLE_COLUMNS.items():
+        columns[key] = title
+        if key == "inference_gflops":
+            for name in variants:
+                columns.update({f"{name}_gflops": f"GFLOPs/img ({name} decoding)",
+                                f"{name}_agreement": f"{name} = main (1 step)",
+                                f"{name}_mean_error_input_px": f"{name} err (input px)"})
+    return columns
+
+
 def parse_resolutions(text: str) -> list[tuple[int, int]]:
     """``"64,128,256x192"`` -> [(64, 64), (128, 128), (256, 192)] as (H, W), the field's height-first habit."""
     sizes = []
@@ -147,7 +161,7 @@ def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[st
     with results.atomic_directory(target) as staging:
         results.write_json(staging / "results.json", record)
         np.savez_compressed(staging / "predictions.npz", **arrays)
-        markdown = results.write_table(staging, rows, TABLE_COLUMNS, preface=preface)
+        markdown = results.write_table(staging, rows, table_columns(rows), preface=preface)
     write_report([target], target)
     return markdown
 
@@ -185,7 +199,8 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
             arrays[f"{name}_{size_name(size)}_seed{seed}/{array_name}"] = array
         out_h, out_w = representation.output_size()
         seed_rows.append({"representation": name, "input": size_name(size), "output": f"{out_h}x{out_w}",
-                          "or_ir": out_w / size[1], "floor_px": floors[name, size], **row})
+                          "or_ir": out_w / size[1], "floor_px": floors[name, size],
+                          "decoding_variants": list(representation.decoding_variants()), **row})
     if not context.is_main:
         return None
     record = {

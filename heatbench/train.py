@@ -31,7 +31,7 @@ from tqdm import tqdm
 from . import cost
 from .data import AugmentConfig, KeypointDataset, TopDownDataset
 from .errors import HeatbenchError
-from .metrics import evaluate_predictions
+from .metrics import decoding_agreement, evaluate_predictions, mean_error
 from .models.pose_model import PoseModel
 from .models.resnet import build_backbone
 from .representation import Representation
@@ -239,7 +239,9 @@ def predict(representation: Representation, model: PoseModel, dataset: KeypointD
     loader = _loader(torch.utils.data.Subset(data, shard), config, device, batch_size=config.batch_size)
     flip_pairs = dataset.flip_pairs if config.flip_test else None
     model.to(device).eval()
-    collected = {"pred_input": [], "target_input": [], "scores": [], "affine": []}
+    variants = representation.decoding_variants()
+    collected = {"pred_input": [], "target_input": [], "scores": [], "affine": [],
+                 **{f"pred_input_{name}": [] for name in variants}}
     for sample in tqdm(loader, disable=not (progress and context.is_main), leave=False, desc=f"eval {representation.name}"):
         images = sample.image.to(device, non_blocking=True)
         outputs = model(images)
@@ -247,6 +249,8 @@ def predict(representation: Representation, model: PoseModel, dataset: KeypointD
             flipped = representation.flip_back(model(images.flip(-1)), flip_pairs)
             outputs = representation.merge_flipped(outputs, flipped)
         keypoints, scores = representation.decode(outputs)
+        for name, variant in variants.items():
+            collected[f"pred_input_{name}"].append(variant.decode(outputs)[0].float().cpu())
         collected["pred_input"].append(keypoints.float().cpu())
         collected["scores"].append(scores.float().cpu())
         collected["target_input"].append(sample.keypoints)
@@ -279,6 +283,7 @@ def run_one(representation: Representation, train_set: KeypointDataset, val_set:
                                    predictions["target_input"], predictions["scores"])
     inference = cost.measure_inference(representation, model, representation.input_size, device, batch=1)
     return {
+        **_variant_row(representation, model, predictions, val_set.visible, device),
         "seed": seed,
         "train_seconds": train_seconds,
         "epoch_losses": epoch_losses,
@@ -291,6 +296,25 @@ def run_one(representation: Representation, train_set: KeypointDataset, val_set:
         **metrics,
         "predictions": predictions,
     }
+
+
+def _variant_row(representation: Representation, model: PoseModel, predictions: dict[str, np.ndarray],
+                 visible: np.ndarray, device: torch.device) -> dict:
+    """Per decoding variant: its mean error, its agreement with the main decoding within one output-grid step
+    on each axis, and its inference GFLOPs and batch-1 time."""
+    (height, width), (out_h, out_w) = representation.input_size, representation.output_size()
+    row = {}
+    for name, variant in representation.decoding_variants().items():
+        decoded = predictions[f"pred_input_{name}"]
+        inference = cost.measure_inference(variant, model, representation.input_size, device, batch=1)
+        row.update({
+            f"{name}_mean_error_input_px": mean_error(decoded, predictions["target_input"], visible),
+            f"{name}_agreement": decoding_agreement(decoded, predictions["pred_input"], (width / out_w, height / out_h),
+                                                    visible),
+            f"{name}_gflops": inference["gflops_per_image"],
+            f"{name}_ms": inference["latency_ms_per_image"],
+        })
+    return row
 
 
 def describe(config: TrainConfig) -> dict:

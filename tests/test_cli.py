@@ -120,3 +120,5 @@ def test_every_representation_trains_through_run_with_a_falling_loss(name, tmp_p
     losses = row["epoch_losses"]
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0], losses
+    for variant in row["decoding_variants"]:  # e.g. NerPE's progressive decoding, on the same trained outputs
+        assert 0 <= row[f"{variant}_agreement"] <= 1 and row[f"{variant}_gflops"] > 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from heatbench.data import KeypointDataset
-from heatbench.metrics import evaluate_predictions, oks_ap, pck
+from heatbench.metrics import decoding_agreement, evaluate_predictions, oks_ap, pck
 
 
 def _dataset(n=6, k=4, with_heads=False) -> KeypointDataset:
@@ -47,3 +47,10 @@ def test_far_predictions_score_ap_near_zero():
     data = _dataset()
     far = np.nan_to_num(data.keypoints) + 60.0
     assert oks_ap(data, far, np.ones(data.visible.shape))["AP"] < 0.05
+
+
+def test_decodings_agree_when_within_one_grid_step_on_each_axis():
+    main = np.zeros((1, 4, 2))
+    other = np.array([[[0.25, -0.5], [0.25, 0.75], [0.5, 0.0], [9.0, 9.0]]])  # steps: x 0.25, y 0.5
+    visible = np.array([[1, 1, 1, 0]])  # the fourth, far off, is unlabelled and does not count
+    assert decoding_agreement(other, main, (0.25, 0.5), visible) == pytest.approx(1 / 3)

@@ -266,12 +266,27 @@ def test_progressive_decoding_starting_at_the_final_u_is_standard_decoding():
     assert progressive.decode_cost() == standard.decode_cost()
 
 
+def test_run_also_decodes_with_the_other_decoding():
+    (name, progressive), = nerpe().decoding_variants().items()
+    assert name == "progressive" and progressive.config.decoding == "progressive"
+    assert list(nerpe(decoding="progressive").decoding_variants()) == ["standard"]
+    assert nerpe(queries_per_cell=24).decoding_variants() == {}  # 24 / 4 is no power of two
+
+
+def test_run_table_shows_progressive_gflops_and_agreement_beside_the_main_gflops():
+    from heatbench.runner import table_columns
+
+    titles = list(table_columns([{"decoding_variants": ["progressive"]}]).values())
+    assert titles[titles.index("GFLOPs/img") + 1] == "GFLOPs/img (progressive decoding)"
+    assert "progressive = main (1 step)" in titles
+
+
 def test_decode_cost_counts_each_keypoint_window():
     rep = nerpe((64, 64), keypoints=17)
     assert rep.decode_cost("standard")["query_points"] == 256 * 256
     assert rep.decode_cost("standard")["mlp_evaluations"] == 4 * 256 * 256
-    # level 0: (8 * 4)^2 points; then 3 levels of one 7 x 7 window per keypoint
-    assert rep.decode_cost("progressive")["query_points"] == 32 * 32 + 3 * 17 * 49
+    # level 0: (8 * 4)^2 points; then 3 levels of one 9 x 9 window per keypoint
+    assert rep.decode_cost("progressive")["query_points"] == 32 * 32 + 3 * 17 * 81
     single = nerpe((64, 64), keypoints=17, local_ensemble=False).decode_cost("standard")
     assert single["mlp_evaluations"] == single["query_points"]
     macs = (256 + 2) * 256 + 256 * 256 + 256 * 128 + 128 * 128 + 128 * 128 + 128 * 17

@@ -1,5 +1,5 @@
 """The cost table: one row per representation x resolution with every cost column, written all or nothing,
-and decoding variants measured for exactly the representations whose config has a ``decoding`` field.
+and decoding variants measured for exactly the representations that name some.
 
 No timing is asserted (timings live in benchmarks/); the tiny profile runs once per module, with the fewest
 repeats cost.latency accepts.
@@ -17,7 +17,7 @@ from torch import nn
 
 from heatbench import ops, registry
 from heatbench.errors import HeatbenchError
-from heatbench.profile import decoding_values, profile_rows, write_profile_table
+from heatbench.profile import profile_rows, write_profile_table
 from heatbench.representation import Representation
 
 DUMMY_NAME = "test-clampable-regression"
@@ -34,7 +34,7 @@ class ClampableConfig:
 
 class ClampableRegression(Representation):
     """Direct coordinate regression (pooled features -> linear -> (K, 2) canonical px) whose ``decoding``
-    chooses whether decode clips into the input: the smallest representation with a decoding field.
+    chooses whether decode clips into the input: the smallest representation with a decoding variant.
 
     The ideal outputs are the keypoints themselves, so the floor is 0.
     """
@@ -68,6 +68,10 @@ class ClampableRegression(Representation):
 
     def ideal_outputs(self, keypoints, visible):
         return keypoints
+
+    def decoding_variants(self):
+        other = "clamped" if self.config.decoding == "raw" else "raw"
+        return {other: ClampableRegression(ClampableConfig(other), self.input_size, self.num_keypoints)}
 
 
 @pytest.fixture(scope="module")
@@ -115,27 +119,19 @@ def test_flop_counts_and_parameters_are_positive(profiled):
         assert all(row[f"inference_images_per_s_b{batch}"] > 0 for batch in BATCHES)
 
 
-def test_decoding_columns_appear_exactly_for_representations_with_a_decoding_field(profiled):
+def test_decoding_columns_appear_exactly_for_representations_with_decoding_variants(profiled):
     rows, out = profiled
     heatmap, dummy = rows
-    variant_columns = {f"inference_gflops_{value}" for value in ("raw", "clamped")} | {
-        f"inference_ms{part}_b{batch}_{value}" for part in ("", "_spread") for batch in BATCHES
-        for value in ("raw", "clamped")}
+    variant_columns = {"inference_gflops_clamped"} | {
+        f"inference_ms{part}_b{batch}_clamped" for part in ("", "_spread") for batch in BATCHES}
     assert variant_columns <= set(dummy) and not variant_columns & set(heatmap)
-    assert dummy["decodings"] == ["raw", "clamped"] and heatmap["decodings"] == []
-    # the configured decoding is the plain measurement, not a second one
-    assert dummy["inference_ms_b1_raw"] == dummy["inference_ms_b1"]
+    assert dummy["decodings"] == ["clamped"] and heatmap["decodings"] == []
+    assert "inference_gflops_raw" not in dummy  # the configured decoding is the plain measurement
     # clamping is elementwise, which the FLOP counter does not count: both decodings cost the forward alone
     assert dummy["inference_gflops_clamped"] == pytest.approx(dummy["inference_gflops"], rel=1e-12)
     table = pd.read_csv(out / "table.csv").set_index("representation")
     assert pd.isna(table.loc["heatmap", "inference_gflops_clamped"])  # the CSV's column is empty for heatmap
     assert "infer GFLOPs/img (clamped)" in (out / "table.md").read_text()
-
-
-@pytest.mark.skipif("nerpe" not in registry.available(), reason="nerpe is not registered")
-def test_nerpe_is_profiled_with_standard_and_progressive_decoding():
-    assert decoding_values(registry.get("nerpe")) == ("standard", "progressive")
-    assert decoding_values(registry.get("heatmap")) == ()
 
 
 @pytest.mark.parametrize("batches", [[0], [], [2, 2]], ids=["zero", "none", "repeated"])

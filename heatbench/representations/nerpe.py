@@ -42,9 +42,12 @@ Choices the paper and release leave open, all ours:
 - the release's optional 2-layer projection of the positional encoding is not implemented (unused by every
   released config);
 - progressive decoding (NerPE-p) is our reconstruction, since its settings are unreleased: U0 = 4, doubling
-  to U = 32, a 7x7 window per keypoint on the grid of the finer level that covers the two finer queries of
-  the previous argmax on each axis (with k = 7: two finer queries before them, three after), moved inside the
-  map at the borders;
+  to U = 32, a 9x9 window per keypoint on the grid of the finer level that covers the two finer queries of
+  the previous argmax on each axis (with k = 9: three finer queries before them, four after), moved inside
+  the map at the borders. k = 9 is the smallest window whose decodings agreed with standard decoding within
+  one query step on >= 99% of the validation keypoints of our 64x64 reference model (k = 7: 97.5%), the
+  issue's bar; a trained map's peak is flatter than the ideal one, so the coarse argmax can sit up to two
+  coarse steps from the fine one, and a wider window still reads 12.7x fewer points than the dense map;
 - test-time queries run in float32 with autocast off, whatever the features' dtype, so that the argmax does
   not suffer bf16 rounding.
 """
@@ -103,7 +106,7 @@ class NerPEConfig:
     queries_per_cell: int = 32          # U, test-time queries per cell per axis (the final level when progressive)
     decoding: Decoding = "standard"
     progressive_start: int = 4          # U0 of progressive level 0 (ours); U / U0 must be a power of two
-    progressive_window: int = 7         # k, finer queries per axis evaluated around each keypoint per level (ours)
+    progressive_window: int = 9         # k, finer queries per axis evaluated around each keypoint per level (ours)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(width) for width in self.hidden))
@@ -537,6 +540,16 @@ class NerPE(Representation):
         evaluations = points * (4 if config.local_ensemble else 1)
         return {"query_points": points, "mlp_evaluations": evaluations,
                 "mlp_macs": evaluations * mlp_macs_per_query(config, self.num_keypoints), "levels": levels}
+
+    def decoding_variants(self) -> dict[str, NerPE]:
+        """The other decoding (progressive for standard, and back), to measure NerPE-p on a trained model; none
+        where ``queries_per_cell`` is no power-of-two multiple of ``progressive_start``, which progressive needs."""
+        other = "progressive" if self.config.decoding == "standard" else "standard"
+        try:
+            config = dataclasses.replace(self.config, decoding=other)
+        except ValueError:
+            return {}
+        return {other: type(self)(config, self.input_size, self.num_keypoints)}
 
     def flip_back(self, outputs: KeypointField, flip_pairs: FlipPairs) -> FlippedField:
         """Query the flipped input's field at mirrored points (x_n -> -x_n, exact since the normalised frame
