@@ -63,6 +63,12 @@ def check_feature_stride(name: str, in_stride: int, stride: int) -> None:
                          f"stride is {stride}; set stride={in_stride} or change the backbone's output stride")
 
 
+def keypoint_map_head(name: str, in_channels: int, in_stride: int, stride: int, num_keypoints: int) -> nn.Conv2d:
+    """The 1x1 conv from stride-``stride`` features to one map per keypoint, shared by the map representations."""
+    check_feature_stride(name, in_stride, stride)
+    return nn.Conv2d(in_channels, num_keypoints, kernel_size=1)
+
+
 class ConfigError(HeatbenchError, ValueError):
     """A representation config that cannot be built: an unknown field or an invalid value."""
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from heatbench import cost, ops, registry
-from heatbench.models.pose_model import PoseModel, count_parameters
+from heatbench.models.pose_model import PoseModel
 from heatbench.representation import Representation, build_representation
 
 DUMMY_NAME = "test-argmax-heatmap"

@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
-from heatbench.coords import flip_horizontal
 from heatbench.ops import flip_permutation
 from heatbench.representation import build_representation
 from heatbench.representations.hdm import HDM, HDMConfig, bilinear_split, sinkhorn_log_plan
+from tests.keypoints import mirrored, random_keypoints
 
 K = 3
 FLIP_PAIRS = [(1, 2)]
@@ -23,16 +23,8 @@ def make(input_size=(64, 64), **overrides) -> HDM:
     return build_representation("hdm", input_size, K, **overrides)
 
 
-def random_keypoints(input_size, batch=4, seed=0, margin=0.0):
-    """(batch, K, 2) uniform sub-pixel keypoints in [margin, W - margin] x [margin, H - margin]."""
-    height, width = input_size
-    unit = torch.rand(batch, K, 2, generator=torch.Generator().manual_seed(seed))
-    return margin + unit * torch.tensor([width - 2 * margin, height - 2 * margin])
 
 
-def mirrored(keypoints, width):
-    """The labels of the mirrored image: x -> W - x, and joint j is the mirror of its partner."""
-    return flip_horizontal(keypoints, width)[:, flip_permutation(K, FLIP_PAIRS)]
 
 
 def exact_emd(supply: np.ndarray, demand: np.ndarray, cost: np.ndarray) -> float:
@@ -127,7 +119,7 @@ def test_subpixel_and_naive_losses_agree_when_the_keypoint_is_on_a_cell_centre()
 @pytest.mark.parametrize("demanders", ["naive", "subpixel"])
 def test_ideal_outputs_minimise_the_loss(demanders):
     rep = make(demanders=demanders)
-    keypoints = random_keypoints((64, 64), seed=4, margin=12.0)
+    keypoints = random_keypoints((64, 64), K, seed=4, margin=12.0, batch=4)
     visible = torch.ones(4, K)
     targets = rep.encode(keypoints, visible)
     at_ideal = rep.loss(rep.ideal_outputs(keypoints, visible), targets)
@@ -146,7 +138,7 @@ def test_ideal_outputs_minimise_the_loss(demanders):
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_subpixel_ideal_decodes_exactly_with_the_local_mean(size):
     rep = make(size)
-    keypoints = random_keypoints(size, batch=8, seed=5, margin=2.0)  # the whole hull of the cell centres
+    keypoints = random_keypoints(size, K, batch=8, seed=5, margin=2.0)  # the whole hull of the cell centres
     decoded, scores = rep.decode(rep.ideal_outputs(keypoints, torch.ones(8, K)))
     assert (decoded - keypoints).norm(dim=-1).max() <= rep.floor_tolerance_px
     assert torch.allclose(scores, torch.ones_like(scores))  # the whole split sits in the 3 x 3 window
@@ -158,7 +150,7 @@ def test_subpixel_ideal_decodes_exactly_with_the_local_mean(size):
 def test_every_variant_round_trips_within_its_stated_tolerance(demanders, decoder, size):
     rep = make(size, demanders=demanders, decoder=decoder)
     margin = max(12.0, min(size) / 8)  # heatbench.floor's interior, for which the tolerance is stated
-    keypoints = random_keypoints(size, batch=8, seed=6, margin=margin)
+    keypoints = random_keypoints(size, K, batch=8, seed=6, margin=margin)
     decoded, _ = rep.decode(rep.ideal_outputs(keypoints, torch.ones(8, K)))
     assert (decoded - keypoints).norm(dim=-1).max() <= rep.floor_tolerance_px
 
@@ -170,17 +162,17 @@ def test_flip_back_mirrors_the_decoded_keypoints_of_any_output(demanders):
     decoded, scores = rep.decode(outputs)
     flipped, flipped_scores = rep.decode(rep.flip_back(outputs, FLIP_PAIRS))
     # Column reversal mirrors every cell exactly; the window sums differ only in float32 summation order.
-    assert torch.allclose(flipped, mirrored(decoded, 48), atol=1e-4)
+    assert torch.allclose(flipped, mirrored(decoded, 48, FLIP_PAIRS), atol=1e-4)
     assert torch.allclose(flipped_scores, scores[:, flip_permutation(K, FLIP_PAIRS)], atol=1e-6)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_flip_merged_ideal_outputs_decode_like_the_plain_ones(size):
     rep = make(size)
-    keypoints = random_keypoints(size, seed=8, margin=12.0)
+    keypoints = random_keypoints(size, K, seed=8, margin=12.0, batch=4)
     visible = torch.ones(4, K)
     ideal = rep.ideal_outputs(keypoints, visible)
-    back = rep.flip_back(rep.ideal_outputs(mirrored(keypoints, size[1]), visible), FLIP_PAIRS)
+    back = rep.flip_back(rep.ideal_outputs(mirrored(keypoints, size[1], FLIP_PAIRS), visible), FLIP_PAIRS)
     merged, _ = rep.decode(rep.merge_flipped(ideal, back))
     # The mirrored split equals the split up to float32 rounding of x -> W - x, so the decodes agree to it.
     assert (merged - rep.decode(ideal)[0]).norm(dim=-1).max() <= rep.floor_tolerance_px
@@ -192,7 +184,7 @@ def test_flip_merged_ideal_outputs_decode_like_the_plain_ones(size):
 @pytest.mark.parametrize("demanders", ["naive", "subpixel"])
 def test_invisible_keypoint_adds_no_loss_and_gets_no_gradient(demanders):
     rep = make(demanders=demanders)
-    keypoints = random_keypoints((64, 64), batch=2, seed=9)
+    keypoints = random_keypoints((64, 64), K, batch=2, seed=9)
     visible = torch.ones(2, K)
     visible[1, 2] = 0
     targets = rep.encode(keypoints, visible)
@@ -208,7 +200,7 @@ def test_invisible_keypoint_adds_no_loss_and_gets_no_gradient(demanders):
 @pytest.mark.parametrize("demanders", ["naive", "subpixel"])
 def test_nan_and_outside_keypoints_get_weight_zero_and_a_finite_gradient(demanders):
     rep = make(demanders=demanders)
-    keypoints = random_keypoints((64, 64), batch=2, seed=11)
+    keypoints = random_keypoints((64, 64), K, batch=2, seed=11)
     keypoints[0, 0] = math.nan
     keypoints[1, 1] = torch.tensor([10.0, -3.0])  # above the input
     targets = rep.encode(keypoints, torch.ones(2, K))
@@ -225,7 +217,7 @@ def test_a_few_adam_steps_on_the_head_reduce_the_loss(demanders):
     rep = make(demanders=demanders, iterations=30)  # fewer rounds keep the test fast; the loss is the same kind
     head = rep.build_head(in_channels=32, in_stride=4)
     features = torch.randn(2, 32, 16, 16)
-    targets = rep.encode(random_keypoints((64, 64), batch=2, seed=13, margin=8.0), torch.ones(2, K))
+    targets = rep.encode(random_keypoints((64, 64), K, batch=2, seed=13, margin=8.0), torch.ones(2, K))
     optimiser = torch.optim.Adam(head.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):

@@ -6,10 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heatbench.coords import flip_horizontal
 from heatbench.ops import flip_permutation
 from heatbench.representation import build_representation
 from heatbench.representations.offset import Offset, OffsetConfig, OffsetOutputs
+from tests.keypoints import mirrored, random_keypoints
 
 K = 5
 FLIP_PAIRS = [(1, 2), (3, 4)]
@@ -34,16 +34,8 @@ def make(input_size, variant="udp_combined", **overrides) -> Offset:
     return build_representation("offset", input_size, K, variant=variant, **overrides)
 
 
-def random_keypoints(input_size, batch=32, seed=0):
-    """(batch, K, 2) uniform sub-pixel keypoints anywhere in the input, [0, W) x [0, H)."""
-    height, width = input_size
-    unit = torch.rand(batch, K, 2, generator=torch.Generator().manual_seed(seed))
-    return unit * torch.tensor([width, height])
 
 
-def flipped_keypoints(keypoints, width):
-    """The labels of the mirrored image: x -> W - x, and joint j is the mirror of its partner."""
-    return flip_horizontal(keypoints, width)[:, flip_permutation(K, FLIP_PAIRS)]
 
 
 def random_outputs(rep: Offset, batch, seed) -> OffsetOutputs:
@@ -101,7 +93,7 @@ def test_udp_disk_is_the_cells_within_the_mmpose_radius():
 
 def test_centernet_peak_is_the_cell_containing_the_keypoint_and_its_offset_is_centred():
     rep = make((64, 64), variant="centernet")
-    keypoints = random_keypoints((64, 64), batch=16, seed=1)
+    keypoints = random_keypoints((64, 64), K, batch=16, seed=1)
     targets = rep.encode(keypoints, torch.ones(16, K))
     cell = torch.floor(keypoints / 4)  # (B, K, 2) the cell containing the keypoint
     peak_index = targets.mask.flatten(-2).argmax(dim=-1)
@@ -117,7 +109,7 @@ def test_centernet_peak_is_the_cell_containing_the_keypoint_and_its_offset_is_ce
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_nan_or_unlabelled_keypoint_gets_weight_zero_and_an_empty_class_map(variant):
     rep = make((64, 64), variant)
-    keypoints = random_keypoints((64, 64), batch=2, seed=2)
+    keypoints = random_keypoints((64, 64), K, batch=2, seed=2)
     keypoints[0, 1] = math.nan
     visible = torch.ones(2, K)
     visible[1, 3] = 0
@@ -145,7 +137,7 @@ def test_keypoint_whose_class_map_misses_the_output_map_gets_weight_zero(variant
 def test_ideal_outputs_decode_exactly_everywhere_in_the_input(variant, input_size):
     # The dense offset makes the round trip exact wherever the argmax lands, so no interior margin is needed.
     rep = make(input_size, variant)
-    keypoints = random_keypoints(input_size, batch=64, seed=3)
+    keypoints = random_keypoints(input_size, K, batch=64, seed=3)
     decoded, scores = rep.decode(rep.ideal_outputs(keypoints, torch.ones(64, K)))
     assert (decoded - keypoints).norm(dim=-1).max() <= rep.floor_tolerance_px
     assert (scores > 0).all()
@@ -162,7 +154,7 @@ def test_flip_back_of_the_mirrored_ideal_outputs_is_exact_even_on_cell_boundarie
     keypoints = (torch.tensor(quarters, dtype=torch.float32) / 4).remainder(torch.tensor([width, height]))[None]
     visible = torch.ones(1, K)
     ideal = rep.ideal_outputs(keypoints, visible)
-    flipped_back = rep.flip_back(rep.ideal_outputs(flipped_keypoints(keypoints, width), visible), FLIP_PAIRS)
+    flipped_back = rep.flip_back(rep.ideal_outputs(mirrored(keypoints, width, FLIP_PAIRS), visible), FLIP_PAIRS)
     plain, _ = rep.decode(ideal)
     from_flip, _ = rep.decode(flipped_back)
     merged, _ = rep.decode(rep.merge_flipped(ideal, flipped_back))
@@ -237,7 +229,7 @@ def _combined_target_mse_loss_reference(outputs: OffsetOutputs, targets) -> torc
 
 def test_udp_combined_loss_is_mmpose_combined_target_mse_loss():
     rep = make((128, 128))
-    keypoints = random_keypoints((128, 128), batch=3, seed=5)
+    keypoints = random_keypoints((128, 128), K, batch=3, seed=5)
     visible = torch.ones(3, K)
     visible[2, 0] = 0
     targets = rep.encode(keypoints, visible)
@@ -249,7 +241,7 @@ def test_udp_combined_loss_is_mmpose_combined_target_mse_loss():
 
 def test_centernet_offset_loss_is_l1_at_the_peak_cell_only():
     rep = make((64, 64), variant="centernet")
-    keypoints = random_keypoints((64, 64), batch=2, seed=7)
+    keypoints = random_keypoints((64, 64), K, batch=2, seed=7)
     targets = rep.encode(keypoints, torch.ones(2, K))
     perfect = OffsetOutputs(targets.heatmaps, targets.offsets)
     assert rep.loss(perfect, targets) == 0
@@ -263,7 +255,7 @@ def test_centernet_offset_loss_is_l1_at_the_peak_cell_only():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_invisible_keypoint_adds_no_loss(variant):
     rep = make((64, 64), variant)
-    keypoints = random_keypoints((64, 64), batch=2, seed=8)
+    keypoints = random_keypoints((64, 64), K, batch=2, seed=8)
     visible = torch.ones(2, K)
     visible[1, 2] = 0
     targets = rep.encode(keypoints, visible)
@@ -277,7 +269,7 @@ def test_invisible_keypoint_adds_no_loss(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_nan_keypoint_gives_a_finite_loss_and_finite_gradients(variant):
     rep = make((64, 64), variant)
-    keypoints = random_keypoints((64, 64), batch=2, seed=10)
+    keypoints = random_keypoints((64, 64), K, batch=2, seed=10)
     keypoints[1, 4, 0] = math.nan
     outputs = random_outputs(rep, batch=2, seed=11)
     heatmaps = outputs.heatmaps.requires_grad_()
@@ -292,7 +284,7 @@ def test_a_few_adam_steps_on_fixed_features_reduce_the_loss(variant):
     rep = make((64, 64), variant)
     head = rep.build_head(in_channels=16, in_stride=4)
     features = torch.randn(2, 16, 16, 16)
-    targets = rep.encode(random_keypoints((64, 64), batch=2, seed=13), torch.ones(2, K))
+    targets = rep.encode(random_keypoints((64, 64), K, batch=2, seed=13), torch.ones(2, K))
     optimiser = torch.optim.Adam(head.parameters(), lr=1e-2)
     losses = []
     for _ in range(20):

@@ -22,10 +22,9 @@ from hypothesis import strategies as st
 
 import heatbench
 from heatbench import registry
-from heatbench.coords import flip_horizontal
 from heatbench.floor import interior_margin_px, variant_label, variants
-from heatbench.ops import flip_permutation
 from heatbench.representation import map_tensors
+from tests.keypoints import mirrored
 
 BATCH, K = 4, 5
 FLIP_PAIRS = [(1, 2), (3, 4)]
@@ -78,9 +77,6 @@ def run_examples(input_size, strategy, check, examples=None) -> None:
     settings(max_examples=examples or EXAMPLES[input_size], **SETTINGS)(given(strategy)(check))()
 
 
-def mirrored(keypoints: torch.Tensor, width: int) -> torch.Tensor:
-    """The labels of the mirrored image: x -> W - x, and joint j takes the place of its partner."""
-    return flip_horizontal(keypoints, width)[:, flip_permutation(K, FLIP_PAIRS)]
 
 
 def output_stride(representation) -> tuple[float, float]:
@@ -136,7 +132,7 @@ def test_flipped_back_and_flip_merged_outputs_decode_like_the_plain_ones(name, o
     def check(unit):
         keypoints = interior(input_size, unit)
         plain_outputs = representation.ideal_outputs(keypoints, visible)
-        mirrored_outputs = representation.ideal_outputs(mirrored(keypoints, input_size[1]), visible)
+        mirrored_outputs = representation.ideal_outputs(mirrored(keypoints, input_size[1], FLIP_PAIRS), visible)
         flipped_back = representation.flip_back(mirrored_outputs, FLIP_PAIRS)
         merged = representation.merge_flipped(plain_outputs, flipped_back)
         plain = representation.decode(plain_outputs)[0]

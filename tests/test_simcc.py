@@ -5,11 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heatbench.coords import flip_horizontal
 from heatbench.decoders.dark import blur_kernel_size
-from heatbench.ops import flip_permutation
 from heatbench.representation import build_representation
 from heatbench.representations.simcc import SimCC, SimCCConfig, SimCCOutputs
+from tests.keypoints import mirrored, random_keypoints
 
 K = 5
 FLIP_PAIRS = [(1, 2), (3, 4)]
@@ -20,12 +19,6 @@ def make(input_size, **overrides) -> SimCC:
     return build_representation("simcc", input_size, K, **overrides)
 
 
-def random_keypoints(input_size, batch=64, seed=0, margin=0.0):
-    """(batch, K, 2) uniform sub-pixel keypoints in [margin, W - margin] x [margin, H - margin]."""
-    height, width = input_size
-    generator = torch.Generator().manual_seed(seed)
-    unit = torch.rand(batch, K, 2, generator=generator)
-    return margin + unit * torch.tensor([width - 2 * margin, height - 2 * margin])
 
 
 def random_outputs(rep: SimCC, batch, seed) -> SimCCOutputs:
@@ -35,9 +28,6 @@ def random_outputs(rep: SimCC, batch, seed) -> SimCCOutputs:
                         torch.randn(batch, K, bins_y, generator=generator))
 
 
-def flipped_keypoints(keypoints, width):
-    """The labels of the mirrored image: x -> W - x, and joint j is the mirror of its partner perm[j]."""
-    return flip_horizontal(keypoints, width)[:, flip_permutation(K, FLIP_PAIRS)]
 
 
 # --- configuration ---------------------------------------------------------------------------------------
@@ -80,7 +70,7 @@ def test_head_maps_stride_4_features_to_logits_per_axis():
 
 def test_label_smoothing_mass_sums_to_one():
     rep = make((64, 64), label="onehot", label_smoothing=0.1)
-    targets = rep.encode(random_keypoints((64, 64), batch=4), torch.ones(4, K))
+    targets = rep.encode(random_keypoints((64, 64), K, batch=4), torch.ones(4, K))
     for label in (targets.x, targets.y):
         # float32 sum of 192 terms: rounding well under 1e-5
         torch.testing.assert_close(label.sum(-1), torch.ones(4, K), atol=1e-5, rtol=0)
@@ -104,7 +94,7 @@ def test_gaussian_label_is_the_repos_density_at_bin_centres():
 
 
 def test_nan_keypoint_gets_zero_weight():
-    keypoints = random_keypoints((64, 64), batch=2)
+    keypoints = random_keypoints((64, 64), K, batch=2)
     keypoints[0, 1, 0] = float("nan")
     keypoints[1, 3] = float("nan")
     for label in LABELS:
@@ -141,7 +131,7 @@ def test_invisible_keypoint_adds_no_loss(label):
     rep = make((32, 24), label=label, split_ratio=2.0, sigma=2.0)
     visible = torch.ones(3, K)
     visible[1, 2] = 0
-    targets = rep.encode(random_keypoints((32, 24), batch=3), visible)
+    targets = rep.encode(random_keypoints((32, 24), K, batch=3), visible)
     outputs = SimCCOutputs(*(t.requires_grad_() for t in random_outputs(rep, 3, seed=2)))
     loss = rep.loss(outputs, targets)
     loss.backward()
@@ -187,7 +177,7 @@ def test_loss_matches_the_repos_per_joint_formula(label):
 def test_loss_decreases_when_fitting_learnable_logits(label):
     torch.manual_seed(4)
     rep = make((32, 32), label=label, split_ratio=2.0, sigma=2.0)
-    targets = rep.encode(random_keypoints((32, 32), batch=2, seed=4), torch.ones(2, K))
+    targets = rep.encode(random_keypoints((32, 32), K, batch=2, seed=4), torch.ones(2, K))
     outputs = SimCCOutputs(*(torch.zeros(2, K, 64, requires_grad=True) for _ in range(2)))
     optimiser = torch.optim.Adam(outputs, lr=0.1)
     losses = []
@@ -222,7 +212,7 @@ def test_round_trip_of_sub_pixel_keypoints_is_within_half_a_bin(label, use_dark,
         overrides["split_ratio"] = split_ratio
     rep = make(input_size, **overrides)
     # argmax holds anywhere on the input; DARK in the interior its blur defines (see floor_tolerance_px)
-    keypoints = random_keypoints(input_size, seed=5, margin=dark_margin_px(rep) if use_dark else 0.0)
+    keypoints = random_keypoints(input_size, K, seed=5, margin=dark_margin_px(rep) if use_dark else 0.0, batch=64)
     decoded, scores = rep.decode(rep.ideal_outputs(keypoints, torch.ones(64, K)))
     error = (decoded - keypoints).abs()
     # floor_tolerance_px is the Euclidean bound (sqrt 2 half-bins); per axis the bound is half a bin
@@ -236,7 +226,7 @@ def test_round_trip_of_sub_pixel_keypoints_is_within_half_a_bin(label, use_dark,
 ])
 def test_dark_recovers_the_sub_bin_position_of_a_gaussian_label(input_size, split_ratio, sigma):
     rep = make(input_size, label="gaussian", split_ratio=split_ratio, sigma=sigma, use_dark=True)
-    keypoints = random_keypoints(input_size, seed=9, margin=dark_margin_px(rep))
+    keypoints = random_keypoints(input_size, K, seed=9, margin=dark_margin_px(rep), batch=64)
     decoded, _ = rep.decode(rep.ideal_outputs(keypoints, torch.ones(64, K)))
     # the blurred sampled Gaussian is log-quadratic up to the blur's truncation: 1.7e-4 px measured at sigma 2,
     # < 6e-5 px from sigma 3 up; 1e-3 px is 100x below the half-bin argmax floor
@@ -259,11 +249,11 @@ def test_decode_scores_are_the_smaller_axis_peak():
 def test_flip_is_exact_for_non_integer_split_ratio(label, use_dark):
     input_size = (64, 48)
     rep = make(input_size, label=label, split_ratio=1.5, sigma=3.0, use_dark=use_dark)
-    keypoints = random_keypoints(input_size, batch=16, seed=6)
+    keypoints = random_keypoints(input_size, K, batch=16, seed=6)
     visible = torch.ones(16, K)
     ideal = rep.ideal_outputs(keypoints, visible)
-    mirrored = rep.ideal_outputs(flipped_keypoints(keypoints, input_size[1]), visible)
-    flipped_back = rep.flip_back(mirrored, FLIP_PAIRS)
+    mirrored_outputs = rep.ideal_outputs(mirrored(keypoints, input_size[1], FLIP_PAIRS), visible)
+    flipped_back = rep.flip_back(mirrored_outputs, FLIP_PAIRS)
     # the labels match bin for bin: only float32 rounding of (i + 0.5) - x*k against its mirror differs
     for got, expected in zip(flipped_back, ideal):
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)

@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heatbench.coords import flip_horizontal
 from heatbench.ops import flip_permutation
 from heatbench.representation import build_representation
 from heatbench.representations.softargmax import SoftArgmax, SoftArgmaxConfig
+from tests.keypoints import mirrored, random_keypoints
 
 K = 3
 FLIP_PAIRS = [(1, 2)]
@@ -22,16 +22,8 @@ def make(input_size=(64, 64), **overrides) -> SoftArgmax:
     return build_representation("softargmax", input_size, K, **overrides)
 
 
-def random_keypoints(input_size, batch=4, seed=0, margin=0.0):
-    """(batch, K, 2) uniform sub-pixel keypoints in [margin, W - margin] x [margin, H - margin]."""
-    height, width = input_size
-    unit = torch.rand(batch, K, 2, generator=torch.Generator().manual_seed(seed))
-    return margin + unit * torch.tensor([width - 2 * margin, height - 2 * margin])
 
 
-def mirrored(keypoints, width):
-    """The labels of the mirrored image: x -> W - x, and joint j is the mirror of its partner."""
-    return flip_horizontal(keypoints, width)[:, flip_permutation(K, FLIP_PAIRS)]
 
 
 # --- configuration ---------------------------------------------------------------------------------------
@@ -69,7 +61,7 @@ def test_ideal_outputs_decode_to_the_keypoint_anywhere_inside_the_hull_of_the_ce
     rep = make(size, variant=variant)
     # The hull is [s/2, W - s/2]: the whole image but its outer half cell, border band included, because the
     # ideal blob's centre is moved until its mean on the cut grid is the keypoint.
-    keypoints = random_keypoints(size, batch=8, seed=1, margin=2.05)
+    keypoints = random_keypoints(size, K, batch=8, seed=1, margin=2.05)
     decoded, _ = rep.decode(rep.ideal_outputs(keypoints, torch.ones(8, K)))
     assert (decoded - keypoints).norm(dim=-1).max() <= rep.floor_tolerance_px
 
@@ -93,7 +85,7 @@ def test_flip_back_mirrors_the_decoded_keypoints_of_any_output(variant):
     decoded, scores = rep.decode(outputs)
     flipped, flipped_scores = rep.decode(rep.flip_back(outputs, FLIP_PAIRS))
     # Column reversal mirrors every cell centre exactly; what differs is the summation order (float32).
-    assert torch.allclose(flipped, mirrored(decoded, 48), atol=1e-4)
+    assert torch.allclose(flipped, mirrored(decoded, 48, FLIP_PAIRS), atol=1e-4)
     assert torch.allclose(flipped_scores, scores[:, flip_permutation(K, FLIP_PAIRS)])
 
 
@@ -101,10 +93,10 @@ def test_flip_back_mirrors_the_decoded_keypoints_of_any_output(variant):
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_flip_merged_ideal_outputs_decode_like_the_plain_ones(variant, size):
     rep = make(size, variant=variant)
-    keypoints = random_keypoints(size, seed=3, margin=12.0)
+    keypoints = random_keypoints(size, K, seed=3, margin=12.0, batch=4)
     visible = torch.ones(4, K)
     ideal = rep.ideal_outputs(keypoints, visible)
-    back = rep.flip_back(rep.ideal_outputs(mirrored(keypoints, size[1]), visible), FLIP_PAIRS)
+    back = rep.flip_back(rep.ideal_outputs(mirrored(keypoints, size[1], FLIP_PAIRS), visible), FLIP_PAIRS)
     merged, _ = rep.decode(rep.merge_flipped(ideal, back))
     # Both ideal maps decode within the floor tolerance of k, so their merge does too.
     assert (merged - rep.decode(ideal)[0]).norm(dim=-1).max() <= rep.floor_tolerance_px
@@ -150,7 +142,7 @@ def test_debias_stays_finite_where_the_map_has_no_foreground():
 
 def test_dsnt_ideal_output_zeroes_both_loss_terms_in_the_interior():
     rep = make((64, 64), variant="dsnt")
-    keypoints = random_keypoints((64, 64), seed=4, margin=12.0)
+    keypoints = random_keypoints((64, 64), K, seed=4, margin=12.0, batch=4)
     visible = torch.ones(4, K)
     at_ideal = rep.loss(rep.ideal_outputs(keypoints, visible), rep.encode(keypoints, visible))
     shifted = rep.loss(rep.ideal_outputs(keypoints + 2.0, visible), rep.encode(keypoints, visible))
@@ -161,7 +153,7 @@ def test_dsnt_ideal_output_zeroes_both_loss_terms_in_the_interior():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_invisible_keypoint_adds_no_loss_and_gets_no_gradient(variant):
     rep = make(variant=variant)
-    keypoints = random_keypoints((64, 64), batch=2, seed=5)
+    keypoints = random_keypoints((64, 64), K, batch=2, seed=5)
     visible = torch.ones(2, K)
     visible[1, 2] = 0
     targets = rep.encode(keypoints, visible)
@@ -177,7 +169,7 @@ def test_invisible_keypoint_adds_no_loss_and_gets_no_gradient(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_nan_and_outside_keypoints_get_weight_zero_and_a_finite_gradient(variant):
     rep = make(variant=variant)
-    keypoints = random_keypoints((64, 64), batch=2, seed=7)
+    keypoints = random_keypoints((64, 64), K, batch=2, seed=7)
     keypoints[0, 0] = math.nan
     keypoints[1, 1] = torch.tensor([70.0, 10.0])  # right of the 64 px input
     targets = rep.encode(keypoints, torch.ones(2, K))
@@ -193,7 +185,7 @@ def test_a_few_adam_steps_on_the_head_reduce_the_loss(variant):
     rep = make(variant=variant)
     head = rep.build_head(in_channels=32, in_stride=4)
     features = torch.randn(2, 32, 16, 16)
-    targets = rep.encode(random_keypoints((64, 64), batch=2, seed=9, margin=8.0), torch.ones(2, K))
+    targets = rep.encode(random_keypoints((64, 64), K, batch=2, seed=9, margin=8.0), torch.ones(2, K))
     optimiser = torch.optim.Adam(head.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):
@@ -215,7 +207,7 @@ def test_score_is_the_mass_of_the_3x3_window_at_the_peak():
     rep = make(variant="ipr")
     flat = torch.zeros(1, K, 16, 16)
     assert (rep.decode(flat)[1] <= 9 / 256).all()  # the window of a flat map holds 9 cells, 4 in a corner
-    keypoints = random_keypoints((64, 64), batch=1, seed=10, margin=12.0)
+    keypoints = random_keypoints((64, 64), K, batch=1, seed=10, margin=12.0)
     _, scores = rep.decode(rep.ideal_outputs(keypoints, torch.ones(1, K)))
     # The ideal blob has σ = 1 cell: three cells hold 0.834 (keypoint on a cell edge) to 0.883 (on a centre)
     # of each axis's mass, so the window holds 0.834² to 0.883², whatever the sub-cell phase.

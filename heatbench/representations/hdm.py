@@ -73,7 +73,7 @@ from torch import nn
 
 from .. import ops
 from ..decoders import get_decoder
-from ..representation import FlipPairs, Representation, check_feature_stride, is_finite_number
+from ..representation import FlipPairs, Representation, is_finite_number, keypoint_map_head
 
 Demanders = Literal["naive", "subpixel"]
 DecoderName = Literal["local_mean", "argmax", "quarter_offset", "dark", "udp_dark"]
@@ -185,8 +185,7 @@ class HDM(Representation):
         return self.map_size
 
     def build_head(self, in_channels: int, in_stride: int) -> nn.Module:
-        check_feature_stride(self.name, in_stride, self.config.stride)
-        return nn.Conv2d(in_channels, self.num_keypoints, kernel_size=1)
+        return keypoint_map_head(self.name, in_channels, in_stride, self.config.stride, self.num_keypoints)
 
     def _cell_centres(self, like: torch.Tensor) -> torch.Tensor:
         """(h·w, 2) (x, y) centres of the cells in row-major order, in cells."""

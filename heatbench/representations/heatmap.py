@@ -44,7 +44,7 @@ from torch import nn
 from .. import ops
 from ..decoders import DECODERS, get_decoder
 from ..floor import interior_margin_px
-from ..representation import FlipPairs, Representation, check_feature_stride
+from ..representation import FlipPairs, Representation, keypoint_map_head
 
 Encoding = Literal["msra", "unbiased", "udp"]
 DecoderName = Literal["argmax", "quarter_offset", "dark", "udp_dark"]
@@ -151,8 +151,7 @@ class Heatmap(Representation):
         return self.map_size
 
     def build_head(self, in_channels: int, in_stride: int) -> nn.Module:
-        check_feature_stride(self.name, in_stride, self.config.stride)
-        return nn.Conv2d(in_channels, self.num_keypoints, kernel_size=1)
+        return keypoint_map_head(self.name, in_channels, in_stride, self.config.stride, self.num_keypoints)
 
     def _grid(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(2,) cell size and (2,) cell-0 centre in input px, (x, y): canonical x = origin + u * cell."""

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..representation import FlipPairs, Representation, check_feature_stride, is_finite_number
+from ..representation import FlipPairs, Representation, is_finite_number, keypoint_map_head
 
 Variant = Literal["ipr", "dsnt", "debias"]
 _VARIANTS = get_args(Variant)
@@ -170,8 +170,7 @@ class SoftArgmax(Representation):
         return self.map_size
 
     def build_head(self, in_channels: int, in_stride: int) -> nn.Module:
-        check_feature_stride(self.name, in_stride, self.config.stride)
-        return nn.Conv2d(in_channels, self.num_keypoints, kernel_size=1)
+        return keypoint_map_head(self.name, in_channels, in_stride, self.config.stride, self.num_keypoints)
 
     def _map_size_xy(self, like: torch.Tensor) -> torch.Tensor:
         """(2,) (w, h) cell counts on ``like``'s device and dtype."""
