@@ -47,15 +47,19 @@ def heatmap_sigma(input_size: tuple[int, int], stride: int = 4) -> float:
     return float(max(1, int(long_side / 32 + 0.5)))
 
 
-def gaussian_heatmaps(centre: torch.Tensor, size: tuple[int, int], sigma: float,
-                      window_centre: torch.Tensor | None = None,
-                      truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gaussian_heatmaps(centre: torch.Tensor, size: tuple[int, int], sigma: float, weight: torch.Tensor,
+                      window_centre: torch.Tensor | None = None, truncate: bool = True
+                      ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Peak-1 Gaussians of std ``sigma`` cells on an (h, w) grid whose cell (i, j) is centred at (i, j).
 
-    centre (B, K, 2) (x, y) in cells. The window is the cells within 3 sigma of ``window_centre`` (default:
-    ``centre``) on both axes; ``truncate`` zeroes the maps outside it (MSRA, UDP), otherwise they cover the
-    whole grid (DARK's unbiased maps). Returns maps (B, K, h, w), window (B, K, h, w) bool, and
-    meets_map (B, K) bool: whether the window holds any cell, the encoders' rule for weight 0.
+    centre (B, K, 2) (x, y) in cells; weight (B, K). The window is the cells within 3 sigma of
+    ``window_centre`` (default: ``centre``) on both axes; ``truncate`` zeroes the maps outside it (MSRA, UDP),
+    otherwise they cover the whole grid (DARK's unbiased maps). Returns
+    - maps (B, K, h, w), each times its returned weight;
+    - the window as its two axes, (B, K, w) on x and (B, K, h) on y (the 2-D window is their outer product);
+    - weight (B, K): the given one, 0 where the window holds no cell (the encoders' rule).
+    Separable: the window and the weight are applied to the 1-D profiles, so the (B, K, h, w) maps are the
+    one full-size tensor written.
     """
     window_centre = centre if window_centre is None else window_centre
     height, width = size
@@ -63,13 +67,14 @@ def gaussian_heatmaps(centre: torch.Tensor, size: tuple[int, int], sigma: float,
     profiles, windows = [], []
     for axis, count in ((0, width), (1, height)):  # two axes, not a loop over B or K
         cells = torch.arange(count, device=centre.device, dtype=centre.dtype)
-        profiles.append(gaussian((cells - centre[..., axis, None]) ** 2, sigma))  # (B, K, count)
-        windows.append((cells - window_centre[..., axis, None]).abs() <= radius)
-    window = windows[1].unsqueeze(-1) & windows[0].unsqueeze(-2)  # (B, K, h, w)
-    maps = profiles[1].unsqueeze(-1) * profiles[0].unsqueeze(-2)
-    if truncate:
-        maps = maps * window
-    return maps, window, windows[0].any(dim=-1) & windows[1].any(dim=-1)
+        profile = gaussian((cells - centre[..., axis, None]) ** 2, sigma)  # (B, K, count)
+        window = (cells - window_centre[..., axis, None]).abs() <= radius
+        profiles.append(profile * window if truncate else profile)
+        windows.append(window)
+        weight = weight * window.any(dim=-1).to(weight.dtype)
+    profile_x, profile_y = profiles
+    maps = (profile_y * weight.unsqueeze(-1)).unsqueeze(-1) * profile_x.unsqueeze(-2)
+    return maps, (windows[0], windows[1]), weight
 
 
 def gaussian_blur(maps: torch.Tensor, size: int) -> torch.Tensor:

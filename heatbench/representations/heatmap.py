@@ -166,17 +166,8 @@ class Heatmap(Representation):
         rounded = torch.floor(u + 0.5)
         centre = rounded if self.config.encoding == "msra" else u
         window_centre = u if self.config.encoding == "unbiased" else rounded
-        radius = 3 * self.config.sigma
-        map_height, map_width = self.map_size
-        axes = []
-        for axis, size in ((0, map_width), (1, map_height)):  # separable: one (B, K, size) profile per axis
-            cells = torch.arange(size, device=keypoints.device, dtype=keypoints.dtype)
-            profile = ops.gaussian((cells - centre[..., axis, None]) ** 2, self.config.sigma)  # (B, K, size)
-            in_window = (cells - window_centre[..., axis, None]).abs() <= radius
-            weight = weight * in_window.any(dim=-1).to(weight.dtype)
-            axes.append(profile if self.config.encoding == "unbiased" else profile * in_window)
-        profile_x, profile_y = axes
-        heatmaps = (profile_y * weight.unsqueeze(-1)).unsqueeze(-1) * profile_x.unsqueeze(-2)  # (B, K, h, w)
+        heatmaps, _, weight = ops.gaussian_heatmaps(centre, self.map_size, self.config.sigma, weight, window_centre,
+                                                    truncate=self.config.encoding != "unbiased")
         return HeatmapTargets(heatmaps, weight)
 
     def loss(self, outputs: torch.Tensor, targets: HeatmapTargets) -> torch.Tensor:

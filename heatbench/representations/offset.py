@@ -180,17 +180,15 @@ class Offset(Representation):
         offsets = torch.stack(torch.broadcast_tensors(dx[..., None, :], dy[..., :, None]), dim=2) / unit
         if self.config.variant == "udp_combined":
             # mmpose's disk test (x_offset² + y_offset² <= 1) in the same units, so the disk is the cells within r.
-            classes = ((offsets**2).sum(dim=2) <= 1).to(u.dtype)  # (B, K, h, w)
-            meets_map = classes.flatten(-2).amax(dim=-1) > 0
-            mask = classes
+            disk = ((offsets**2).sum(dim=2) <= 1).to(u.dtype)  # (B, K, h, w)
+            weight = weight * (disk.flatten(-2).amax(dim=-1) > 0).to(weight.dtype)
+            classes = mask = disk * weight[..., None, None]
         else:
             centre = torch.floor(u + 0.5)  # round(u): the cell containing the keypoint, floor(x / s)
-            classes, _, meets_map = ops.gaussian_heatmaps(centre, (map_height, map_width), self.config.sigma)
+            classes, _, weight = ops.gaussian_heatmaps(centre, (map_height, map_width), self.config.sigma, weight)
             on_centre = (cols == centre[..., 0, None])[..., None, :] & (rows == centre[..., 1, None])[..., :, None]
-            mask = on_centre.to(u.dtype)
-        weight = weight * meets_map.to(weight.dtype)
-        w = weight[..., None, None]
-        return OffsetTargets(classes * w, offsets, mask * w, weight)
+            mask = on_centre.to(u.dtype) * weight[..., None, None]
+        return OffsetTargets(classes, offsets, mask, weight)
 
     def loss(self, outputs: OffsetOutputs, targets: OffsetTargets) -> torch.Tensor:
         w = targets.weight[..., None, None]

@@ -182,10 +182,10 @@ class SAHR(Representation):
         u = keypoints / self.config.stride - 0.5  # (B, K, 2) cells
         msra = self.config.encoding == "msra"
         centre = torch.floor(u + 0.5) if msra else u
-        maps, window, meets_map = ops.gaussian_heatmaps(centre, self.output_size(), self.config.sigma, truncate=msra)
-        weight = weight * meets_map.to(weight.dtype)
-        w = weight[..., None, None]
-        return SAHRTargets(maps * w, window.to(maps.dtype) * w, weight)
+        maps, (window_x, window_y), weight = ops.gaussian_heatmaps(centre, self.output_size(), self.config.sigma,
+                                                                   weight, truncate=msra)
+        support = (window_y.unsqueeze(-1) & window_x.unsqueeze(-2)).to(maps.dtype) * weight[..., None, None]
+        return SAHRTargets(maps, support, weight)
 
     def loss(self, outputs: SAHROutputs, targets: SAHRTargets) -> torch.Tensor:
         config = self.config
