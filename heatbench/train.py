@@ -156,7 +156,8 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 def train(representation: Representation, model: PoseModel, train_set: KeypointDataset, config: TrainConfig,
           device: torch.device, seed: int, checkpoint: Path | None = None, resume: bool = False,
           progress: bool = True, context: Distributed = Distributed()) -> tuple[float, list[float]]:
-    """Train in place; returns the wall time in seconds (of this process's epochs) and each epoch's mean loss."""
+    """Train in place; returns the training wall time in seconds and each epoch's mean loss, both over every
+    epoch, those done before a ``resume`` included (the checkpoint carries them)."""
     data = TopDownDataset(train_set, representation.input_size, train=True, augment=AugmentConfig(), seed=seed)
     if len(data) == 0:
         raise HeatbenchError(f"{train_set.source}: the training split is empty")
@@ -165,7 +166,7 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     milestones = sorted({max(1, round(f * config.epochs)) for f in config.lr_step_fractions})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_factor)
-    start_epoch = 0
+    start_epoch, earlier_seconds, earlier_losses = 0, 0.0, []
     if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -173,6 +174,7 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"] + 1
+        earlier_seconds, earlier_losses = state["train_seconds"], state["epoch_losses"]
         log.info("resumed %s from %s at epoch %d", representation.name, checkpoint, start_epoch)
 
     on_cuda = device.type == "cuda"
@@ -221,9 +223,11 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
             _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                           "scheduler": scheduler.state_dict(), "epoch": epoch,
                                           "torch_rng": torch.get_rng_state(),
+                                          "train_seconds": earlier_seconds + time.perf_counter() - started,
+                                          "epoch_losses": earlier_losses + [float(loss) for loss in epoch_losses],
                                           "meta": checkpoint_meta(representation, config)})
     bar.close()
-    return time.perf_counter() - started, [float(loss) for loss in epoch_losses]
+    return earlier_seconds + time.perf_counter() - started, earlier_losses + [float(loss) for loss in epoch_losses]
 
 
 @torch.no_grad()

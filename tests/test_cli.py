@@ -92,6 +92,37 @@ def test_failed_run_keeps_the_previous_results(finished_run, tmp_path, mouse_min
     assert (previous / "table.csv").read_bytes() == (finished_run / "table.csv").read_bytes()
 
 
+def test_interrupted_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrupted_one(
+        tmp_path, mouse_mini, monkeypatch):
+    import heatbench.train
+
+    def run(name, *extra):
+        argv = ["run", "--repr", "heatmap", "--res", "64", "--epochs", "2", "--batch-size", "4", "--quiet",
+                "--data", str(mouse_mini), "--out", str(tmp_path / "results"), "--name", name,
+                "--checkpoint-dir", str(tmp_path / "ck"), *extra]
+        assert main(argv) == 0
+        (row,) = json.loads((tmp_path / "results" / name / "results.json").read_text())["seed_rows"]
+        return row
+
+    uninterrupted = run("whole")
+    save = heatbench.train._save_checkpoint
+
+    def save_then_die(path, state):
+        save(path, state)
+        raise KeyboardInterrupt  # after the first epoch's checkpoint
+
+    monkeypatch.setattr(heatbench.train, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run("cut")
+    assert not (tmp_path / "results" / "cut").exists()  # nothing half-written
+    monkeypatch.setattr(heatbench.train, "_save_checkpoint", save)
+    resumed = run("cut", "--resume")
+    assert resumed["epoch_losses"] == uninterrupted["epoch_losses"]  # the epoch before the cut included
+    for column in ACCURACY_COLUMNS:
+        assert resumed[column] == uninterrupted[column], column
+    assert resumed["train_seconds"] > 0
+
+
 def test_heatmap_command_draws_a_checkpoint_at_native_resolution(finished_run, tmp_path, mouse_mini):
     checkpoint = finished_run.parent.parent / "checkpoints" / "tiny" / "simcc_64x64_seed0.pt"
     image = mouse_mini.parent / "labeled-data" / "img01.png"
