@@ -59,7 +59,7 @@ FIGURES = {
                       "better."),
     "cost_vs_accuracy.png": ("Cost against accuracy",
                              "One point per representation x input size: GFLOPs and batch-1 inference time "
-                             "(backbone, head and decode) against mean error in original-image px."),
+                             "(backbone, head and decode, log scale) against mean error in original-image px."),
     "per_keypoint_error.png": ("Error per keypoint",
                                "Mean error of each keypoint over the validation instances where it is labelled; "
                                "error bars: std over seeds."),
@@ -210,15 +210,23 @@ def _plot_cdf(entries: list[Entry], colours: dict[str, str]) -> Figure:
 
 def _plot_cost(entries: list[Entry], colours: dict[str, str]) -> Figure:
     figure, axes = _panels(2, 5.0, 4.0)
+    several_sizes = len(_sizes(entries)) > 1
     for axis, (key, title) in zip(axes, [("inference_gflops", "GFLOPs per image"),
                                          ("inference_ms", "inference ms per image (batch 1)")]):
+        labelled = set()
         for entry in entries:
-            axis.errorbar(entry.row["mean_error_image_px"], entry.row[key],
-                          xerr=_spread(entry, "mean_error_image_px"), yerr=_spread(entry, key), marker="o",
-                          capsize=3, color=colours[entry.label])
-            axis.annotate(f"{entry.label} {entry.row['input']}", (entry.row["mean_error_image_px"], entry.row[key]),
-                          textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+            x, y = entry.row["mean_error_image_px"], entry.row[key]
+            axis.errorbar(x, y, xerr=_spread(entry, "mean_error_image_px"), yerr=_spread(entry, key), marker="o",
+                          capsize=3, color=colours[entry.label],
+                          label=None if entry.label in labelled else entry.label)
+            labelled.add(entry.label)
+            if several_sizes:
+                axis.annotate(entry.row["input"], (x, y), textcoords="offset points", xytext=(4, 4),
+                              fontsize="x-small")
+        # costs span orders of magnitude (a 1x1-conv head beside NerPE's dense MLP decoding)
+        axis.set_yscale("log")
         axis.set(xlabel="mean error (image px; lower is better)", ylabel=title)
+        axis.legend(fontsize="x-small")
     return figure
 
 
