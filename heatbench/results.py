@@ -89,7 +89,7 @@ def provenance(device: torch.device) -> dict:
 
 
 def _cell(row: dict, key: str):
-    """A Markdown cell: ``mean ± std`` where the row has a spread over seeds for ``key``."""
+    """A Markdown cell: ``mean ± std`` where the row has a spread over seeds for ``key``; blank without ``key``."""
     value, spread = row.get(key), row.get(f"{key}_std")
     return f"{value:.4g} ± {spread:.2g}" if spread is not None else value
 
@@ -102,7 +102,7 @@ def write_table(directory: Path, rows: list[dict], headers: dict[str, str], pref
     scalar_keys = [key for key in dict.fromkeys(k for row in rows for k in row)
                    if all(not isinstance(row.get(key), (list, tuple, dict)) for row in rows)]
     pd.DataFrame(rows, columns=scalar_keys).to_csv(directory / "table.csv", index=False)
-    shown = [{title: _cell(row, key) for key, title in headers.items() if key in row} for row in rows]
+    shown = [{title: _cell(row, key) for key, title in headers.items()} for row in rows]  # every row, every column
     markdown = tabulate(shown, headers="keys", tablefmt="github", floatfmt=floatfmt)
     (directory / "table.md").write_text(preface + markdown + "\n")
     return markdown

@@ -114,13 +114,16 @@ class RunSpec:
 
 
 def _aggregate(rows: list[dict]) -> dict:
-    """One table row from the per-seed rows: numbers become their mean, with ``<key>_std`` beside them."""
+    """One table row from the per-seed rows: numbers become their mean, with ``<key>_std`` beside those that
+    differ between seeds (not beside parameter counts, GFLOPs or floors, which every seed shares)."""
     merged = dict(rows[0])
     for key, value in rows[0].items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "seed":
             values = np.array([row[key] for row in rows], dtype=np.float64)
-            merged[key] = float(values.mean())
-            if len(rows) > 1:
+            if np.allclose(values, values[0], rtol=1e-9, atol=0):
+                merged[key] = float(values[0])
+            else:
+                merged[key] = float(values.mean())
                 merged[f"{key}_std"] = float(values.std(ddof=1))
     merged["seeds"] = [row["seed"] for row in rows]
     del merged["seed"]

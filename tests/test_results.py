@@ -31,3 +31,20 @@ def test_table_shows_mean_and_spread_where_seeds_vary(tmp_path):
     markdown = write_table(tmp_path, rows, {"representation": "repr", "error": "error (px)"})
     assert "1.5 ± 0.25" in markdown
     assert (tmp_path / "table.csv").read_text().splitlines()[0] == "representation,error,error_std"
+
+
+def test_seed_rows_aggregate_to_mean_with_a_spread_only_where_seeds_differ():
+    from heatbench.runner import table_rows
+
+    seed_rows = [{"representation": "a", "input": "64x64", "seed": seed, "error": error, "gflops": 0.4829}
+                 for seed, error in [(0, 1.0), (1, 2.0), (2, 3.0)]]
+    (row,) = table_rows(seed_rows)
+    assert row["error"] == 2.0 and row["error_std"] == 1.0
+    assert row["gflops"] == 0.4829 and "gflops_std" not in row  # the same on every seed: no "± 0"
+    assert row["seeds"] == [0, 1, 2]
+
+
+def test_table_columns_keep_their_order_when_the_first_row_lacks_one(tmp_path):
+    rows = [{"representation": "a", "error": 1.0}, {"representation": "b", "error": 2.0, "extra": 3.0}]
+    markdown = write_table(tmp_path, rows, {"representation": "repr", "extra": "extra", "error": "error"})
+    assert [title.strip() for title in markdown.splitlines()[0].split("|")[1:4]] == ["repr", "extra", "error"]
