@@ -12,6 +12,7 @@ from PIL import Image
 from heatbench import build_representation
 from heatbench.render import render_heatmaps, render_native
 from heatbench.representations.nerpe import LearnedField, NerPEConfig
+from tests.fitting import adam_losses
 
 SIZES = [(64, 64), (128, 128), (256, 192)]  # (H, W)
 PROOF = settings(max_examples=25, deadline=None, derandomize=True)
@@ -207,14 +208,7 @@ def test_loss_decreases_when_fitting_the_head():
     head = rep.build_head(16, 4)
     features = torch.randn(2, 16, 16, 16)
     targets = rep.encode(torch.tensor([[[20.0, 30.0], [44.0, 12.0]], [[50.0, 50.0], [8.0, 40.0]]]), torch.ones(2, 2))
-    optimiser = torch.optim.Adam(head.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(10):
-        loss = rep.loss(head(features), targets)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = adam_losses(rep, head, features, targets, steps=10, lr=1e-3)
     assert head.neck[0].weight.grad.abs().sum() > 0  # gradients reach the neck's first conv
     # a random head starts far from the targets; 10 Adam steps on one batch at least halve the loss (seed 0: to 0.31x)
     assert losses[-1] < 0.5 * losses[0]

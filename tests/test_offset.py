@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from heatbench.ops import flip_permutation
 from heatbench.representation import build_representation
 from heatbench.representations.offset import Offset, OffsetConfig, OffsetOutputs
+from tests.fitting import adam_losses
 from tests.keypoints import mirrored, random_keypoints
 
 K = 5
@@ -285,14 +286,7 @@ def test_a_few_adam_steps_on_fixed_features_reduce_the_loss(variant):
     head = rep.build_head(in_channels=16, in_stride=4)
     features = torch.randn(2, 16, 16, 16)
     targets = rep.encode(random_keypoints((64, 64), K, batch=2, seed=13), torch.ones(2, K))
-    optimiser = torch.optim.Adam(head.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(20):
-        optimiser.zero_grad()
-        loss = rep.loss(head(features), targets)
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = adam_losses(rep, head, features, targets, steps=20, lr=1e-2)
     assert all(math.isfinite(value) for value in losses)
     # 20 steps of a small head on a fixed input: the loss must at least halve (it falls ~10x in practice)
     assert losses[-1] < 0.5 * losses[0]

@@ -10,6 +10,7 @@ from heatbench.coords import flip_horizontal
 from heatbench.ops import flip_permutation
 from heatbench.representation import build_representation
 from heatbench.representations.sahr import SAHR, SAHRConfig, SAHROutputs
+from tests.fitting import adam_losses
 
 K = 5
 FLIP_PAIRS = [(1, 2), (3, 4)]
@@ -289,14 +290,7 @@ def test_a_few_adam_steps_on_fixed_features_reduce_the_loss(scale_adaptive, weig
     head = rep.build_head(in_channels=16, in_stride=4)
     features = torch.randn(2, 16, 16, 16)
     targets = rep.encode(interior_keypoints(rep, batch=2, seed=16), torch.ones(2, K))
-    optimiser = torch.optim.Adam(head.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(20):
-        optimiser.zero_grad()
-        loss = rep.loss(head(features), targets)
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = adam_losses(rep, head, features, targets, steps=20, lr=1e-2)
     assert all(math.isfinite(value) for value in losses)
     # 20 steps of a small head on a fixed input: the loss must at least halve
     assert losses[-1] < 0.5 * losses[0]

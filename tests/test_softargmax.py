@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from heatbench.ops import flip_permutation
 from heatbench.representation import build_representation
 from heatbench.representations.softargmax import SoftArgmax, SoftArgmaxConfig
+from tests.fitting import adam_losses
 from tests.keypoints import mirrored, random_keypoints
 
 K = 3
@@ -186,14 +187,7 @@ def test_a_few_adam_steps_on_the_head_reduce_the_loss(variant):
     head = rep.build_head(in_channels=32, in_stride=4)
     features = torch.randn(2, 32, 16, 16)
     targets = rep.encode(random_keypoints((64, 64), K, batch=2, seed=9, margin=8.0), torch.ones(2, K))
-    optimiser = torch.optim.Adam(head.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = rep.loss(head(features), targets)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = adam_losses(rep, head, features, targets, steps=30, lr=1e-2)
     assert all(math.isfinite(value) for value in losses)
     # Observed ratios after 30 steps: ipr 0.19, debias 0.02, dsnt 0.68 (its JS term asks for the whole map's
     # shape, which a 1x1 conv on 32 random channels fits slowly).
