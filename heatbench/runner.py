@@ -202,8 +202,7 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
             arrays[f"{name}_{size_name(size)}_seed{seed}/{array_name}"] = array
         out_h, out_w = representation.output_size()
         seed_rows.append({"representation": name, "input": size_name(size), "output": f"{out_h}x{out_w}",
-                          "or_ir": out_w / size[1], "floor_px": floors[name, size],
-                          "decoding_variants": list(representation.decoding_variants()), **row})
+                          "or_ir": out_w / size[1], "floor_px": floors[name, size], **row})
     if not context.is_main:
         return None
     record = {

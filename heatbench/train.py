@@ -304,11 +304,12 @@ def run_one(representation: Representation, train_set: KeypointDataset, val_set:
 
 def _variant_row(representation: Representation, model: PoseModel, predictions: dict[str, np.ndarray],
                  visible: np.ndarray, device: torch.device) -> dict:
-    """Per decoding variant: its mean error, its agreement with the main decoding within one output-grid step
-    on each axis, and its inference GFLOPs and batch-1 time."""
+    """The variants' names (``decoding_variants``), and per variant its mean error, its agreement with the
+    main decoding within one output-grid step on each axis, and its inference GFLOPs and batch-1 time."""
     (height, width), (out_h, out_w) = representation.input_size, representation.output_size()
-    row = {}
-    for name, variant in representation.decoding_variants().items():
+    variants = representation.decoding_variants()
+    row = {"decoding_variants": list(variants)}
+    for name, variant in variants.items():
         decoded = predictions[f"pred_input_{name}"]
         inference = cost.measure_inference(variant, model, representation.input_size, device, batch=1)
         row.update({
