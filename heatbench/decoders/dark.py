@@ -33,6 +33,8 @@ d_xx = 1e-9 + (L[x+2] - 2 L[x] + L[x-2]) / 4, step -g / d_xx, with no border con
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .argmax import Peak, find_peak, take_2d
@@ -80,6 +82,47 @@ def modulate(maps: torch.Tensor, sigma: float, vertical: bool = True) -> torch.T
     return blurred.mul_(scale[..., None, None])
 
 
+def log_modulated(heatmaps: torch.Tensor, peak: Peak, sigma: float, stencil: torch.Tensor, low: float,
+                  high: float = math.inf, vertical: bool = True) -> torch.Tensor:
+    """log(clamp(modulate(heatmaps), low, high)) at the cells ``peak + stencil`` of each (B, K, H, W) map,
+    reads past the border clamped to the edge: (B, K, P) for a (2, P) (dx, dy) stencil, up to a constant per
+    map, which every finite difference of the Newton step cancels.
+
+    Only the window that the stencil and the kernel reach is blurred, not the whole map. Rescaling a map by
+    s = maximum / blurred maximum adds log s to every log-value, so it matters only through the clamp. For a
+    map with a peak, s >= 1 (weights >= 0 summing to <= 1 keep the blur below the positive maximum) and the
+    rescaled map stays below its maximum: where every stencil value of the blur is >= ``low`` and the maximum
+    is <= ``high``, the clamp does nothing and the window's log-values stand. The other maps with a peak (weak
+    or negative ones, where the clamp may act) are modulated in full, so the result is DARK's either way.
+    """
+    size = blur_kernel_size(sigma)
+    margin = size // 2
+    height, width = heatmaps.shape[-2:]
+    reach_x, reach_y = (int(reach) for reach in stencil.abs().amax(dim=1))  # stencil on the CPU: no sync
+    stencil = stencil.to(heatmaps.device)
+    x, y = peak.index.unbind(-1)
+    columns = x.unsqueeze(-1) + torch.arange(-reach_x - margin, reach_x + margin + 1, device=x.device)
+    rows = y.unsqueeze(-1) + torch.arange(-reach_y - margin * vertical, reach_y + margin * vertical + 1,
+                                          device=y.device)
+    window = take_2d(heatmaps, columns.unsqueeze(-2), rows.unsqueeze(-1))  # (B, K, rows, columns)
+    inside = ((rows >= 0) & (rows < height)).unsqueeze(-1) & ((columns >= 0) & (columns < width)).unsqueeze(-2)
+    window = torch.where(inside, window, 0.0)  # zero padding, as in ``modulate``
+    # The separable blur of the window, valid part only, as one matrix on the flattened window: one matmul
+    # of (B K, rows x columns) by (rows x columns, stencil block), not thousands of tiny ones.
+    blur_x = _blur_matrix(columns.shape[-1], size, x.device, heatmaps.dtype)[:, margin:-margin or None]
+    blur_y = (_blur_matrix(rows.shape[-1], size, x.device, heatmaps.dtype)[:, margin:-margin or None] if vertical
+              else torch.ones(1, 1, device=x.device, dtype=heatmaps.dtype))
+    blurred = (window.flatten(-2) @ torch.kron(blur_y, blur_x)).view(*window.shape[:-2], 2 * reach_y + 1, -1)
+    cells_x = (x.unsqueeze(-1) + stencil[0]).clamp(0, width - 1)  # (B, K, P)
+    cells_y = (y.unsqueeze(-1) + stencil[1]).clamp(0, height - 1)
+    values = take_2d(blurred, cells_x - x.unsqueeze(-1) + reach_x, cells_y - y.unsqueeze(-1) + reach_y)
+    clamp_may_act = peak.found & ((values < low).any(dim=-1) | (peak.score > high))
+    if clamp_may_act.any():
+        values[clamp_may_act] = take_2d(modulate(heatmaps[clamp_may_act], sigma, vertical),
+                                        cells_x[clamp_may_act], cells_y[clamp_may_act])
+    return values.clamp_(low, high).log_()
+
+
 def newton_step(gradient: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """-H^-1 g for (..., 2) gradients and (..., 3) Hessians (d_xx, d_xy, d_yy): (..., 2) steps and the
     (...) determinants. Where det H == 0 the step is meaningless (finite but arbitrary); callers mask it."""
@@ -101,16 +144,16 @@ def refine(peak: Peak, step: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 # The 3x3 neighbourhood stencil in step-2 units plus the four step-2 axis points, as (dx, dy) columns.
 _STENCIL = torch.tensor([[0, 1, -1, 0, 0, 2, -2, 0, 0, 1, 1, -1, -1],
                          [0, 0, 0, 1, -1, 0, 0, 2, -2, 1, -1, 1, -1]])
+# Two bins either side, read edge-padded (mmpose pads by 2).
+_STENCIL_1D = torch.tensor([[-2, -1, 0, 1, 2], [0, 0, 0, 0, 0]])
 
 
 def decode(heatmaps: torch.Tensor, sigma: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, K, H, W) maps and the label's ``sigma`` in cells -> (B, K, 2) index coordinates, (B, K) scores."""
     height, width = heatmaps.shape[-2:]
     peak = find_peak(heatmaps)
-    log_map = modulate(heatmaps, sigma).clamp_min_(_LOG_FLOOR).log_()  # in place: maps can be large
+    values = log_modulated(heatmaps, peak, sigma, _STENCIL, _LOG_FLOOR)  # (B, K, 13)
     x, y = peak.index.unbind(-1)
-    stencil = _STENCIL.to(heatmaps.device)
-    values = take_2d(log_map, x.unsqueeze(-1) + stencil[0], y.unsqueeze(-1) + stencil[1])  # (B, K, 13)
     c, xp, xm, yp, ym, x2p, x2m, y2p, y2m, pp, pm, mp, mm = values.unbind(-1)  # p = +1, m = -1 as (x, y)
     gradient = 0.5 * torch.stack((xp - xm, yp - ym), dim=-1)
     hessian = 0.25 * torch.stack((x2p - 2 * c + x2m, pp - pm - mp + mm, y2p - 2 * c + y2m), dim=-1)
@@ -126,10 +169,7 @@ def dark_1d(vectors: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Te
     """
     maps = vectors.unsqueeze(-2)  # (B, K, 1, N)
     peak = find_peak(maps)
-    log_map = modulate(maps, sigma, vertical=False).clamp_(*_CLAMP_1D).log_()
-    x, y = peak.index.unbind(-1)
-    offsets = torch.arange(-2, 3, device=vectors.device)
-    m2, m1, c, p1, p2 = take_2d(log_map, x.unsqueeze(-1) + offsets, y.unsqueeze(-1)).unbind(-1)
+    m2, m1, c, p1, p2 = log_modulated(maps, peak, sigma, _STENCIL_1D, *_CLAMP_1D, vertical=False).unbind(-1)
     step = -0.5 * (p1 - m1) / (_CURVATURE_EPS_1D + 0.25 * (p2 - 2 * c + m2))
     step = torch.stack((step, torch.zeros_like(step)), dim=-1)  # a (dx, 0) step in the 1-row map
     return refine(peak, step, torch.ones_like(peak.found))[..., 0], peak.score
