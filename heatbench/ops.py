@@ -9,6 +9,8 @@ from typing import Sequence
 
 import torch
 
+from .decoders.argmax import argmax_2d
+
 
 def sanitize_keypoints(keypoints: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero non-finite coordinates and give them weight 0, so no NaN reaches a target or a loss.
@@ -121,8 +123,7 @@ def argmax_window(maps: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.
     """
     height, width = maps.shape[-2:]
     flat = maps.flatten(-2)
-    index = flat.argmax(dim=-1)
-    peak = torch.stack((index % width, index // width), dim=-1)
+    peak, _ = argmax_2d(maps)
     offsets = torch.arange(-radius, radius + 1, device=maps.device)
     x = peak[..., 0, None, None] + offsets  # (..., 1, 2r + 1)
     y = peak[..., 1, None, None] + offsets[:, None]  # (..., 2r + 1, 1)
