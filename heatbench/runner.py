@@ -224,6 +224,13 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
     return spec.out / run_name
 
 
+def _data_identity(data: dict) -> dict:
+    """What makes two runs' evaluations comparable: the annotation file by name (not by absolute path, which
+    differs between the checkouts or machines that ran the shards of one sweep), its keypoints and the split."""
+    return {"file": Path(data["source"]).name, **{key: data[key] for key in (
+        "name", "keypoint_names", "train_instances", "val_instances", "split_seed", "val_fraction")}}
+
+
 def merge(directories: list[Path], target: Path) -> str:
     """Combine run directories (e.g. the shards of one sweep) into one run directory at ``target``."""
     records = []
@@ -233,7 +240,7 @@ def merge(directories: list[Path], target: Path) -> str:
             records.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError) as error:
             raise HeatbenchError(f"{path}: not a readable heatbench results file ({error})") from error
-    splits = {json.dumps({k: r["data"][k] for k in ("source", "split_seed", "val_fraction")}) for r in records}
+    splits = {json.dumps(_data_identity(r["data"])) for r in records}
     if len(splits) > 1:
         raise HeatbenchError(f"merge: {', '.join(map(str, directories))} were evaluated on different data or splits")
     seed_rows = [row for record in records for row in record["seed_rows"]]

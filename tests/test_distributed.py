@@ -1,6 +1,7 @@
 """Training under torchrun: the same global batches as one process, one table written by rank 0."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -61,14 +62,32 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
 def test_merged_shards_equal_the_unsharded_sweep(tmp_path, mouse_mini):
     from heatbench.cli import main
 
-    common = ["run", *TINY, "--seeds", "2", "--data", str(mouse_mini), "--out", str(tmp_path),
-              "--checkpoint-dir", str(tmp_path / "ck")]
-    assert main([*common, "--name", "whole"]) == 0
-    for shard in ("0/2", "1/2"):
-        assert main([*common, "--name", "sweep", "--shard", shard]) == 0
+    common = ["run", *TINY, "--seeds", "2", "--out", str(tmp_path), "--checkpoint-dir", str(tmp_path / "ck")]
+    assert main([*common, "--data", str(mouse_mini), "--name", "whole"]) == 0
+    # The second shard reads the same data from another checkout, as a job on another machine would.
+    elsewhere = shutil.copytree(mouse_mini.parent, tmp_path / "other-checkout" / mouse_mini.parent.name)
+    for shard, data in (("0/2", mouse_mini), ("1/2", elsewhere / mouse_mini.name)):
+        assert main([*common, "--data", str(data), "--name", "sweep", "--shard", shard]) == 0
     shards = sorted(tmp_path.glob("sweep.shard-*"))
     assert [p.name for p in shards] == ["sweep.shard-0-of-2", "sweep.shard-1-of-2"]
     assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged")]) == 0
     whole, merged = (pd.read_csv(tmp_path / d / "table.csv") for d in ("whole", "merged"))
     accuracy = ["mean_error_input_px", "mean_error_input_px_std", "pck@0.1", "AP"]
     pd.testing.assert_frame_equal(whole[accuracy], merged[accuracy])  # same seeds on the same CPU: identical
+
+
+def test_merge_refuses_runs_evaluated_on_another_split(tmp_path, mouse_mini):
+    from heatbench.cli import main
+    from heatbench.errors import HeatbenchError
+    from heatbench.runner import merge
+
+    assert main(["run", *TINY, "--data", str(mouse_mini), "--out", str(tmp_path), "--name", "a",
+                 "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+    other = shutil.copytree(tmp_path / "a", tmp_path / "b")
+    record = json.loads((other / "results.json").read_text())
+    record["data"]["split_seed"] += 1
+    record["seed_rows"][0]["seed"] += 1  # not the same run twice, which merge refuses for its own reason
+    (other / "results.json").write_text(json.dumps(record))
+    with pytest.raises(HeatbenchError, match="different data or splits"):
+        merge([tmp_path / "a", other], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
