@@ -330,9 +330,18 @@ def _provenance(runs: list[RunDir]) -> str:
             "device": run.record["device"],
             "commit": f"`{run.record['git_commit']}`",
         })
-    commands = "\n".join(f"- {run.label}: `{run.record['command']}`" for run in runs)
-    return (tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
-            + f"\n\nMade by:\n\n{commands}\n")
+    commands = "\n".join(f"- {run.label}: {made_by(run.record)}" for run in runs)
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) + f"\n\n{commands}\n"
+
+
+def made_by(record: dict) -> str:
+    """The command (or, for a merged run, the commands) that made a run, with the commit and device of each."""
+    def one(source: dict) -> str:
+        return f"`{source['command']}` at commit {source['git_commit']} on {source['device']}"
+    if "sources" not in record:
+        return f"Made by {one(record)}."
+    return (f"Merged by `{record['command']}` from {len(record['sources'])} runs: "
+            + "; ".join(one(source) for source in record["sources"]) + ".")
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import torch
 from . import floor, results
 from .data import load_dataset
 from .errors import HeatbenchError
-from .report import write_report
+from .report import made_by, write_report
 from .representation import Representation, build_representation
 from .train import TrainConfig, describe, init_distributed, resolve_device, run_one
 
@@ -157,8 +157,8 @@ def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[st
     rows = table_rows(seed_rows)
     record = {**record, "rows": rows, "seed_rows": seed_rows}
     seeds = sorted({row["seed"] for row in seed_rows})
-    preface = (f"# {record['run']}\n\nMade by `{record['command']}` at commit {record['git_commit']} on "
-               f"{record['device']}. Data: {record['data']['name']}, {record['data']['train_instances']} train / "
+    preface = (f"# {record['run']}\n\n{made_by(record)} Data: {record['data']['name']}, "
+               f"{record['data']['train_instances']} train / "
                f"{record['data']['val_instances']} val instances; errors over labelled keypoints; PCK relative "
                f"to the box size; seeds {seeds}, mean ± sample std.\n\n")
     with results.atomic_directory(target) as staging:
@@ -228,32 +228,62 @@ def _data_identity(data: dict) -> dict:
     """What makes two runs' evaluations comparable: the annotation file by name (not by absolute path, which
     differs between the checkouts or machines that ran the shards of one sweep), its keypoints and the split."""
     return {"file": Path(data["source"]).name, **{key: data[key] for key in (
-        "name", "keypoint_names", "train_instances", "val_instances", "split_seed", "val_fraction")}}
+        "name", "keypoint_names", "train_instances", "val_instances", "split_seed", "val_fraction", "flip_test")}}
+
+
+def _schedule(train: dict) -> dict:
+    """The training settings that change results (not the loader's workers or the log interval)."""
+    return {key: value for key, value in train.items() if key not in ("num_workers", "log_every")}
+
+
+def _sources(record: dict) -> list[dict]:
+    """The runs a record was made by: itself, or for a merged record the runs it was merged from."""
+    return record.get("sources") or [{key: record[key] for key in ("run", "command", "git_commit", "device")}]
+
+
+def _one(directories: list[Path], records: list[dict], describe_value, what: str):
+    """The value ``describe_value`` gives every record, or an error naming the directories that differ."""
+    values = [json.dumps(describe_value(record), sort_keys=True) for record in records]
+    if len(set(values)) > 1:
+        differing = [str(d) for d, value in zip(directories, values) if value != values[0]]
+        raise HeatbenchError(f"merge: {directories[0]} and {', '.join(differing)} {what}")
+    return describe_value(records[0])
 
 
 def merge(directories: list[Path], target: Path) -> str:
-    """Combine run directories (e.g. the shards of one sweep) into one run directory at ``target``."""
+    """Combine run directories (e.g. the shards of one sweep, or runs at other resolutions) into one run
+    directory at ``target``. They must share the data, split and schedule; rows are ordered by input size, then
+    by the order the runs named their representations, then by seed."""
+    directories = [Path(directory) for directory in directories]
     records = []
     for directory in directories:
-        path = Path(directory) / "results.json"
+        path = directory / "results.json"
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError) as error:
             raise HeatbenchError(f"{path}: not a readable heatbench results file ({error})") from error
-    splits = {json.dumps(_data_identity(r["data"])) for r in records}
-    if len(splits) > 1:
-        raise HeatbenchError(f"merge: {', '.join(map(str, directories))} were evaluated on different data or splits")
+    _one(directories, records, lambda r: _data_identity(r["data"]), "were evaluated on different data or splits")
+    _one(directories, records, lambda r: _schedule(r["train"]), "were trained with different schedules")
+    representations: dict[str, dict] = {}
+    for directory, record in zip(directories, records):
+        for key, description in record["representations"].items():
+            if representations.setdefault(key, description) != description:
+                raise HeatbenchError(f"merge: {directory} configures {key} differently from an earlier directory")
+    names = list(dict.fromkeys(key.split("@")[0] for key in representations))
     seed_rows = [row for record in records for row in record["seed_rows"]]
     keys = [(row["representation"], row["input"], row["seed"]) for row in seed_rows]
     if len(set(keys)) != len(keys):
         raise HeatbenchError("merge: the same representation, input and seed appears in more than one directory")
+    seed_rows.sort(key=lambda row: (*parse_resolutions(row["input"]), names.index(row["representation"]), row["seed"]))
     arrays: dict[str, np.ndarray] = {}
     for directory in directories:
-        with np.load(Path(directory) / "predictions.npz") as stored:
+        with np.load(directory / "predictions.npz") as stored:
             arrays.update({name: stored[name] for name in stored.files})
+    sources = [source for record in records for source in _sources(record)]
     record = {key: value for key, value in records[0].items() if key not in ("rows", "seed_rows")}
-    record.update(run=Path(target).name, merged_from=[str(d) for d in directories], shard=None,
-                  seeds=sorted({row["seed"] for row in seed_rows}),
-                  representations={k: v for r in records for k, v in r["representations"].items()},
-                  commands=[r["command"] for r in records])
-    return write_run(Path(target), record, seed_rows, arrays)
+    record.update(run=target.name, shard=None, seeds=sorted({row["seed"] for row in seed_rows}),
+                  representations=representations, sources=sources,
+                  command=" ".join(["python -m heatbench merge", *map(str, directories), "--out", str(target)]),
+                  git_commit=", ".join(dict.fromkeys(source["git_commit"] for source in sources)),
+                  device=", ".join(dict.fromkeys(source["device"] for source in sources)))
+    return write_run(target, record, seed_rows, arrays)

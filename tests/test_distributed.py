@@ -74,9 +74,18 @@ def test_merged_shards_equal_the_unsharded_sweep(tmp_path, mouse_mini):
     whole, merged = (pd.read_csv(tmp_path / d / "table.csv") for d in ("whole", "merged"))
     accuracy = ["mean_error_input_px", "mean_error_input_px_std", "pck@0.1", "AP"]
     pd.testing.assert_frame_equal(whole[accuracy], merged[accuracy])  # same seeds on the same CPU: identical
+    made_by = (tmp_path / "merged" / "table.md").read_text().split("\n\n")[1]
+    assert made_by.startswith("Merged by `python -m heatbench merge")
+    assert "from 2 runs" in made_by
+    sources = json.loads((tmp_path / "merged" / "results.json").read_text())["sources"]
+    assert [source["run"] for source in sources] == ["sweep.shard-0-of-2", "sweep.shard-1-of-2"]
 
 
-def test_merge_refuses_runs_evaluated_on_another_split(tmp_path, mouse_mini):
+@pytest.mark.parametrize("section, field, message", [
+    ("data", "split_seed", "different data or splits"),
+    ("train", "epochs", "different schedules"),
+])
+def test_merge_refuses_runs_that_are_not_comparable(tmp_path, mouse_mini, section, field, message):
     from heatbench.cli import main
     from heatbench.errors import HeatbenchError
     from heatbench.runner import merge
@@ -85,9 +94,9 @@ def test_merge_refuses_runs_evaluated_on_another_split(tmp_path, mouse_mini):
                  "--checkpoint-dir", str(tmp_path / "ck")]) == 0
     other = shutil.copytree(tmp_path / "a", tmp_path / "b")
     record = json.loads((other / "results.json").read_text())
-    record["data"]["split_seed"] += 1
+    record[section][field] += 1
     record["seed_rows"][0]["seed"] += 1  # not the same run twice, which merge refuses for its own reason
     (other / "results.json").write_text(json.dumps(record))
-    with pytest.raises(HeatbenchError, match="different data or splits"):
+    with pytest.raises(HeatbenchError, match=message):
         merge([tmp_path / "a", other], tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
