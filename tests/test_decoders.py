@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heatbench.decoders import DECODERS, get_decoder
-from heatbench.decoders.argmax import Peak, argmax_2d, find_peak, take_2d
+from heatbench.decoders.argmax import Peak, argmax_2d, find_peak, max_last, take_2d
 from heatbench.decoders.dark import blur_kernel_size, dark_1d, log_modulated, modulate, refine
 
 NAMES = list(DECODERS)
@@ -47,6 +47,17 @@ def test_argmax_2d_returns_the_cell_and_value_of_each_maximum():
     indices, values = argmax_2d(maps)
     assert indices[1, 2].tolist() == [6, 3] and values[1, 2] == 2.5
     assert indices.dtype == torch.long and indices.shape == (2, 3, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_max_last_is_torch_max_with_its_first_index_on_ties_and_nans(dtype):
+    values = torch.randint(0, 4, (3, 5, 40), generator=torch.Generator().manual_seed(0)).to(dtype)  # many ties
+    values[1, 2, 7] = values[2, 0, 3] = values[2, 0, 9] = math.nan
+    for case in (values, values.transpose(0, 1)):  # contiguous and not
+        maximum, index = max_last(case)
+        expected_maximum, expected_index = case.max(dim=-1)
+        assert torch.equal(index, expected_index)
+        torch.testing.assert_close(maximum, expected_maximum, equal_nan=True)
 
 
 def test_take_2d_reads_cells_and_clamps_to_the_edge():

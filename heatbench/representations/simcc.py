@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..decoders.argmax import max_last
 from ..decoders.dark import dark_1d
 from ..representation import FlipPairs, Representation, is_finite_number, zip_tensors
 
@@ -203,8 +204,8 @@ class SimCC(Representation):
         """Logits (B, K, N_x), (B, K, N_y) -> (B, K, 2) canonical keypoints and (B, K) scores."""
         prob_x = outputs.x_logits.softmax(dim=-1)
         prob_y = outputs.y_logits.softmax(dim=-1)
-        score_x, index_x = prob_x.max(dim=-1)
-        score_y, index_y = prob_y.max(dim=-1)
+        score_x, index_x = max_last(prob_x)
+        score_y, index_y = max_last(prob_y)
         if self.config.use_dark:
             index_x, _ = dark_1d(prob_x, self.config.sigma)
             index_y, _ = dark_1d(prob_y, self.config.sigma)
