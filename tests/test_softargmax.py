@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heatbench.ops import flip_permutation
+from heatbench.ops import flip_permutation, softmax_weights
 from heatbench.representation import build_representation
 from heatbench.representations.softargmax import SoftArgmax, SoftArgmaxConfig
 from tests.fitting import adam_losses
@@ -25,6 +25,15 @@ def make(input_size=(64, 64), **overrides) -> SoftArgmax:
 
 
 
+
+
+@pytest.mark.parametrize("spread", [3.0, 3000.0])  # the second sends most exponents below the clamp
+def test_softmax_weights_are_the_softmax_and_its_log_normaliser(spread):
+    logits = spread * torch.randn(2, 3, 8, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weights, total, log_normaliser = softmax_weights(logits, scale=0.5)
+    expected = (0.5 * logits).flatten(-2).softmax(dim=-1).view_as(logits)
+    torch.testing.assert_close(weights / total[..., None, None], expected, rtol=0, atol=1e-15)
+    torch.testing.assert_close(log_normaliser, torch.logsumexp(0.5 * logits.flatten(-2), dim=-1))
 
 
 # --- configuration ---------------------------------------------------------------------------------------

@@ -177,18 +177,20 @@ class SoftArgmax(Representation):
         height, width = self.map_size
         return torch.tensor([width, height], device=like.device, dtype=like.dtype)
 
-    def _locate(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, K, h, w) -> soft-argmax (B, K, 2) in cells (debiased for ``debias``), log p (B, K, h, w)."""
-        scaled = self.config.softmax_beta * logits
-        log_normaliser = torch.logsumexp(scaled.flatten(-2), dim=-1)  # (B, K): log C
-        log_p = scaled - log_normaliser[..., None, None]
-        mu = ops.soft_argmax(log_p.exp())
+    def _locate(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits (B, K, h, w) -> soft-argmax (B, K, 2) in cells (debiased for ``debias``) and
+        :func:`ops.softmax_weights` of β z: w (B, K, h, w), its sum (B, K) and log C (B, K).
+
+        The soft-argmax, linear in p = w / sum, is taken on w and divided by the sum.
+        """
+        weights, total, log_normaliser = ops.softmax_weights(logits, self.config.softmax_beta)
+        mu = ops.soft_argmax(weights) / total.unsqueeze(-1)
         if self.config.variant == "debias":
             height, width = self.map_size
             foreground = -torch.expm1(math.log(height * width) - log_normaliser)  # a = 1 - B / C
             centre = self._map_size_xy(mu) / 2
             mu = centre + (mu - centre) / foreground.clamp_min(_MIN_FOREGROUND).unsqueeze(-1)
-        return mu, log_p
+        return mu, weights, total, log_normaliser
 
     def encode(self, keypoints: torch.Tensor, visible: torch.Tensor) -> SoftArgmaxTargets:
         """(B, K, 2) canonical keypoints, (B, K) visibility -> the keypoints and (B, K) weights."""
@@ -197,7 +199,7 @@ class SoftArgmax(Representation):
         return SoftArgmaxTargets(keypoints, weight * inside.to(weight.dtype))
 
     def loss(self, outputs: torch.Tensor, targets: SoftArgmaxTargets) -> torch.Tensor:
-        mu, log_p = self._locate(outputs)
+        mu, _, _, log_normaliser = self._locate(outputs)
         target = targets.keypoints / self.config.stride  # (B, K, 2) cells
         size = self._map_size_xy(mu)
         batch, joints = targets.weight.shape
@@ -206,6 +208,7 @@ class SoftArgmax(Representation):
             distance = torch.linalg.vector_norm((mu - target) * (2 / size), dim=-1)  # DSNT's [-1, 1] frame
             log_q = (_log_gaussian_profile(target[..., 1], height, self.config.js_sigma).unsqueeze(-1)
                      + _log_gaussian_profile(target[..., 0], width, self.config.js_sigma).unsqueeze(-2))
+            log_p = self.config.softmax_beta * outputs - log_normaliser[..., None, None]
             per_joint = distance + self.config.js_weight * _js_divergence(log_p, log_q)
             return (per_joint * targets.weight).sum() / (batch * joints)
         smooth_l1 = F.smooth_l1_loss(mu / size, target / size, reduction="none").sum(dim=-1)  # [0, 1] frame
@@ -213,9 +216,9 @@ class SoftArgmax(Representation):
 
     def decode(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, K, h, w) -> (B, K, 2) canonical keypoints and (B, K) 3 x 3 peak masses."""
-        mu, log_p = self._locate(outputs)
-        _, window = ops.argmax_window(log_p.exp(), radius=1)
-        return mu * self.config.stride, window.sum(dim=(-2, -1))
+        mu, weights, total, _ = self._locate(outputs)
+        _, window = ops.argmax_window(weights, radius=1)
+        return mu * self.config.stride, window.sum(dim=(-2, -1)) / total
 
     def flip_back(self, outputs: torch.Tensor, flip_pairs: FlipPairs) -> torch.Tensor:
         perm = ops.flip_permutation(self.num_keypoints, flip_pairs, device=outputs.device)
