@@ -301,8 +301,8 @@ class Reference(NamedTuple):
 EXP_ULPS = 2.5e-7
 # A few float32 ulp of a coordinate below 256 px (1.5e-5 px each), left by sums taken in different orders.
 COORD_ULPS = 1e-4
-# A softmax normalised two ways (torch: exp(z - logsumexp z); here: exp(z - max z) / sum): a few ulp of a
-# probability up to 1, measured up to 5.4e-7.
+# A softmax normalised two ways (torch's fused softmax for HDM and SimCC; here: exp(z - max z) / sum) or
+# summed in another order: a few ulp of a probability up to 1, measured up to 5.4e-7.
 SOFTMAX_ULPS = 2e-6
 
 REFERENCES = {

@@ -241,20 +241,19 @@ def _sources(record: dict) -> list[dict]:
     return record.get("sources") or [{key: record[key] for key in ("run", "command", "git_commit", "device")}]
 
 
-def _one(directories: list[Path], records: list[dict], describe_value, what: str):
-    """The value ``describe_value`` gives every record, or an error naming the directories that differ."""
+def _require_same(directories: list[Path], records: list[dict], describe_value, what: str) -> None:
+    """An error naming the directories whose records ``describe_value`` tells apart from the first one's."""
     values = [json.dumps(describe_value(record), sort_keys=True) for record in records]
-    if len(set(values)) > 1:
-        differing = [str(d) for d, value in zip(directories, values) if value != values[0]]
+    differing = [str(d) for d, value in zip(directories, values) if value != values[0]]
+    if differing:
         raise HeatbenchError(f"merge: {directories[0]} and {', '.join(differing)} {what}")
-    return describe_value(records[0])
 
 
 def merge(directories: list[Path], target: Path) -> str:
     """Combine run directories (e.g. the shards of one sweep, or runs at other resolutions) into one run
     directory at ``target``. They must share the data, split and schedule; rows are ordered by input size, then
     by the order the runs named their representations, then by seed."""
-    directories = [Path(directory) for directory in directories]
+    directories, target = [Path(directory) for directory in directories], Path(target)
     records = []
     for directory in directories:
         path = directory / "results.json"
@@ -262,8 +261,9 @@ def merge(directories: list[Path], target: Path) -> str:
             records.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError) as error:
             raise HeatbenchError(f"{path}: not a readable heatbench results file ({error})") from error
-    _one(directories, records, lambda r: _data_identity(r["data"]), "were evaluated on different data or splits")
-    _one(directories, records, lambda r: _schedule(r["train"]), "were trained with different schedules")
+    _require_same(directories, records, lambda r: _data_identity(r["data"]),
+                  "were evaluated on different data or splits")
+    _require_same(directories, records, lambda r: _schedule(r["train"]), "were trained with different schedules")
     representations: dict[str, dict] = {}
     for directory, record in zip(directories, records):
         for key, description in record["representations"].items():
