@@ -41,13 +41,15 @@ def cell_centres(count: int, device=None, dtype=torch.float32) -> torch.Tensor:
 EXPONENT_FLOOR = -80.0
 
 
-def gaussian(distance_sq: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+def gaussian(distance_sq: torch.Tensor, sigma: float | torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """Unnormalised Gaussian exp(-d^2 / (2 sigma^2)) with peak 1; ``distance_sq`` in the units of sigma^2.
 
     Floored at exp(EXPONENT_FLOOR) < 2e-35 beyond about 12.6 sigma, where it would be a subnormal or 0 (see
-    EXPONENT_FLOOR).
+    EXPONENT_FLOOR). ``in_place`` overwrites ``distance_sq`` (a float tensor) with the result: no new tensor
+    of its size is allocated, which on large ones saves a write and its page faults.
     """
-    return torch.exp((-distance_sq / (2 * sigma**2)).clamp_min_(EXPONENT_FLOOR))
+    exponent = distance_sq.div_(-2 * sigma**2) if in_place else distance_sq / (-2 * sigma**2)
+    return exponent.clamp_min_(EXPONENT_FLOOR).exp_()
 
 
 def heatmap_sigma(input_size: tuple[int, int], stride: int = 4) -> float:

@@ -316,6 +316,21 @@ def test_flipping_a_learned_field_back_twice_is_the_identity():
     torch.testing.assert_close(rep.dense_heatmap(twice, 16, 16), rep.dense_heatmap(field, 16, 16))
 
 
+@pytest.mark.parametrize("kind", ["gaussian target", "laplace target", "learned", "flipped", "flip-merged"])
+def test_every_field_answers_a_grid_query_as_the_same_points_queried_one_by_one(kind):
+    rep = nerpe((256, 192), keypoints=4, target="laplace" if kind == "laplace target" else "gaussian", **SMALL)
+    torch.manual_seed(0)
+    keypoints, visible = torch.rand(2, 4, 2) * torch.tensor([192.0, 256.0]), torch.tensor([[1.0, 1, 0, 1]] * 2)
+    target, learned = rep.ideal_outputs(keypoints, visible), random_field(rep)
+    field = {"learned": learned, "flipped": rep.flip_back(learned, [(0, 3)]),
+             "flip-merged": rep.merge_flipped(target, rep.flip_back(learned, [(0, 3)]))}.get(kind, target)
+    xs, ys = rep._grid_axes(9, 7, "cpu")
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    one_by_one = field.query(torch.stack([grid_x, grid_y], dim=-1).view(1, -1, 2)).view(2, 4, 9, 7)
+    # the Gaussian grid is a product of two exps, the points' one exp of a sum: a few float32 ulp apart
+    torch.testing.assert_close(field.query_grid(xs, ys), one_by_one, atol=1e-6, rtol=0)
+
+
 def border_and_inside_jumps(rep, field, samples_per_cell=64) -> tuple[torch.Tensor, torch.Tensor]:
     """Largest |change| of the map between neighbouring samples along x: across cell borders, and elsewhere."""
     width = rep.grid[1] * samples_per_cell

@@ -63,6 +63,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..decoders.argmax import max_last
 from ..representation import FlipPairs, Representation
 
 Sampling = Literal["uniform", "random"]
@@ -208,8 +209,9 @@ class KeypointField(abc.ABC):
     """A continuous map from normalised query points to K keypoint scores, for a batch of B images.
 
     ``query(points)`` takes (B, Q, 2) points (x, y) in NerPE's normalised frame (a leading 1 broadcasts over
-    the batch) and returns (B, K, Q) float32 scores. Fields are not tensors: ``map_tensors`` does not apply
-    to them; use the representation's ``flip_back`` and ``merge_flipped``.
+    the batch) and returns (B, K, Q) float32 scores; ``query_grid(xs, ys)`` the same on the product grid of two
+    axes, which a field may evaluate faster (the ideal Gaussian field is separable). Fields are not tensors:
+    ``map_tensors`` does not apply to them; use the representation's ``flip_back`` and ``merge_flipped``.
     """
 
     batch_size: int
@@ -218,6 +220,12 @@ class KeypointField(abc.ABC):
     @abc.abstractmethod
     def query(self, points: torch.Tensor) -> torch.Tensor:
         """(B, Q, 2) normalised points -> (B, K, Q) float32 scores."""
+
+    def query_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """(W,) and (H,) normalised coordinates -> (B, K, H, W) float32 scores at every (x, y) pair."""
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        points = torch.stack([grid_x, grid_y], dim=-1).view(1, -1, 2)
+        return self.query(points).view(self.batch_size, -1, len(ys), len(xs))
 
 
 class LearnedField(KeypointField):
@@ -293,14 +301,27 @@ class TargetField(KeypointField):
     def values(self, points: torch.Tensor) -> torch.Tensor:
         """(B, Q, 2) normalised points -> (B, K, Q) weighted target values, in the keypoints' dtype."""
         points = points.to(self.keypoints.dtype)
-        dx = points[:, None, :, 0] - self.keypoints[..., 0:1]  # (B, K, Q)
-        dy = points[:, None, :, 1] - self.keypoints[..., 1:2]
-        distance_sq = dx.square() + dy.square()
+        distance_sq = (points[:, None, :, 0] - self.keypoints[..., 0:1]).square_()  # (B, K, Q)
+        distance_sq += (points[:, None, :, 1] - self.keypoints[..., 1:2]).square_()
+        return self._weighted_target(distance_sq)
+
+    def _weighted_target(self, distance_sq: torch.Tensor) -> torch.Tensor:
+        """(B, K, ...) squared distances, overwritten in place (these tensors are the largest in encoding) with
+        the target times each keypoint's weight."""
         if self.target == "gaussian":
-            value = ops.gaussian(distance_sq, self.width)
+            value = ops.gaussian(distance_sq, self.width, in_place=True)
         else:
-            value = torch.exp(-distance_sq.sqrt() / self.width)
-        return value * self.weight.unsqueeze(-1)
+            value = distance_sq.sqrt_().div_(-self.width).exp_()
+        return value.mul_(self.weight.view(*self.weight.shape, *(1,) * (value.dim() - 2)))
+
+    def query_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        dx_sq = (xs.to(self.keypoints.dtype) - self.keypoints[..., 0:1]).square_()  # (B, K, W)
+        dy_sq = (ys.to(self.keypoints.dtype) - self.keypoints[..., 1:2]).square_()  # (B, K, H)
+        if self.target == "laplace":
+            return self._weighted_target(dy_sq.unsqueeze(-1) + dx_sq.unsqueeze(-2)).float()
+        # the Gaussian is separable: two weighted profiles, one write of the (B, K, H, W) map
+        return (self._weighted_target(dy_sq).unsqueeze(-1) * ops.gaussian(dx_sq, self.width, in_place=True)
+                .unsqueeze(-2)).float()
 
     def query(self, points: torch.Tensor) -> torch.Tensor:
         points = points.expand(self.batch_size, -1, -1)
@@ -324,6 +345,9 @@ class FlippedField(KeypointField):
         mirror = torch.tensor([-1.0, 1.0], device=points.device, dtype=points.dtype)
         return self.field.query(points * mirror)[:, self.permutation]
 
+    def query_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        return self.field.query_grid(-xs, ys)[:, self.permutation]
+
 
 class MeanField(KeypointField):
     """The flip-test average of two fields."""
@@ -335,6 +359,9 @@ class MeanField(KeypointField):
 
     def query(self, points: torch.Tensor) -> torch.Tensor:
         return (self.first.query(points) + self.second.query(points)) / 2
+
+    def query_grid(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        return (self.first.query_grid(xs, ys) + self.second.query_grid(xs, ys)) / 2
 
 
 class NerPEHead(nn.Module):
@@ -408,13 +435,12 @@ class NerPE(Representation):
         centre = torch.tensor([width / 2, height / 2], device=xy.device, dtype=xy.dtype)
         return (xy - centre) / self._half_long
 
-    def _grid_points(self, height: int, width: int, device) -> torch.Tensor:
-        """(1, height * width, 2) normalised centres of a height x width grid over the input, row-major."""
+    def _grid_axes(self, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised centres of a height x width grid over the input: (width,) x and (height,) y."""
         in_height, in_width = self.input_size
         xs = ops.cell_centres(width, device=device) * (in_width / width)
         ys = ops.cell_centres(height, device=device) * (in_height / height)
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        return self._normalise(torch.stack([grid_x, grid_y], dim=-1).view(1, -1, 2))
+        return (xs - in_width / 2) / self._half_long, (ys - in_height / 2) / self._half_long
 
     def output_size(self) -> tuple[int, int]:
         n_h, n_w = self.grid
@@ -463,8 +489,7 @@ class NerPE(Representation):
     @torch.no_grad()
     def dense_heatmap(self, outputs: KeypointField, height: int, width: int) -> torch.Tensor:
         """(B, K, height, width) float32 scores at the centres of a height x width grid over the input."""
-        scores = outputs.query(self._grid_points(height, width, outputs.device))
-        return scores.view(outputs.batch_size, -1, height, width)
+        return outputs.query_grid(*self._grid_axes(height, width, outputs.device))
 
     def _to_canonical(self, col: torch.Tensor, row: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(...) integer indices on a height x width grid -> (..., 2) float canonical centres (i + 1/2) * s."""
@@ -486,7 +511,7 @@ class NerPE(Representation):
 
     def _argmax(self, outputs: KeypointField, height: int, width: int):
         """Peak (B, K) score, column and row of the height x width dense map."""
-        score, index = self.dense_heatmap(outputs, height, width).flatten(2).max(dim=-1)
+        score, index = max_last(self.dense_heatmap(outputs, height, width).flatten(2))
         return score, index % width, torch.div(index, width, rounding_mode="floor")
 
     def _progressive(self, outputs: KeypointField) -> tuple[torch.Tensor, torch.Tensor]:

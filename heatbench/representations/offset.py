@@ -174,15 +174,20 @@ class Offset(Representation):
         u = self._to_map(keypoints)  # (B, K, 2)
         cols = torch.arange(map_width, device=u.device, dtype=u.dtype)
         rows = torch.arange(map_height, device=u.device, dtype=u.dtype)
-        dx = u[..., 0, None] - cols  # (B, K, w): u_x - i
-        dy = u[..., 1, None] - rows  # (B, K, h)
-        unit = self._offset_unit
-        offsets = torch.stack(torch.broadcast_tensors(dx[..., None, :], dy[..., :, None]), dim=2) / unit
+        # the offsets are separable, (u_x - i) / r on x and (u_y - j) / r on y: built per axis, written once
+        offset_x = (u[..., 0, None] - cols) / self._offset_unit  # (B, K, w)
+        offset_y = (u[..., 1, None] - rows) / self._offset_unit  # (B, K, h)
+        offsets = u.new_empty(*u.shape[:2], 2, map_height, map_width)
+        offsets[:, :, 0] = offset_x[..., None, :]
+        offsets[:, :, 1] = offset_y[..., :, None]
         if self.config.variant == "udp_combined":
             # mmpose's disk test (x_offset² + y_offset² <= 1) in the same units, so the disk is the cells within r.
-            disk = ((offsets**2).sum(dim=2) <= 1).to(u.dtype)  # (B, K, h, w)
-            weight = weight * (disk.flatten(-2).amax(dim=-1) > 0).to(weight.dtype)
-            classes = mask = disk * weight[..., None, None]
+            # The disk holds a cell when its nearest cell does: the smallest sum is the sum of the smallest terms.
+            square_x, square_y = offset_x.square(), offset_y.square()
+            holds_a_cell = square_x.amin(dim=-1) + square_y.amin(dim=-1) <= 1
+            weight = weight * holds_a_cell.to(weight.dtype)
+            disk = square_x[..., None, :] + square_y[..., :, None] <= 1  # (B, K, h, w)
+            classes = mask = torch.where(disk, weight[..., None, None], 0.0)
         else:
             centre = torch.floor(u + 0.5)  # round(u): the cell containing the keypoint, floor(x / s)
             classes, _, weight = ops.gaussian_heatmaps(centre, (map_height, map_width), self.config.sigma, weight)

@@ -184,7 +184,8 @@ class SAHR(Representation):
         centre = torch.floor(u + 0.5) if msra else u
         maps, (window_x, window_y), weight = ops.gaussian_heatmaps(centre, self.output_size(), self.config.sigma,
                                                                    weight, truncate=msra)
-        support = (window_y.unsqueeze(-1) & window_x.unsqueeze(-2)).to(maps.dtype) * weight[..., None, None]
+        # the window's outer product, weighted on its small y axis: one write of the (B, K, h, w) support
+        support = (window_y.to(maps.dtype) * weight.unsqueeze(-1)).unsqueeze(-1) * window_x.to(maps.dtype).unsqueeze(-2)
         return SAHRTargets(maps, support, weight)
 
     def loss(self, outputs: SAHROutputs, targets: SAHRTargets) -> torch.Tensor:
