@@ -169,9 +169,11 @@ class QueryMLP(nn.Module):
     def forward(self, cell_rows: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """(..., hidden[0]) projected cell features and (..., 2) relative coordinates -> (..., K) scores."""
         encoded = positional_encoding(r, self.pe_frequencies).to(cell_rows.dtype)
-        # one addmm instead of a matmul and an add: the (rows, hidden[0]) activation is decoding's widest tensor
+        # one addmm instead of a matmul and an add: the (rows, hidden[0]) activation is decoding's widest tensor.
+        # The weight goes in row-major, so that its gradient is encoded^T @ grad: autograd computes a column-major
+        # one as (grad^T @ encoded)^T, a 2-column product that took 109 ms against 20 (B = 16 at 64x64, CPU).
         first = torch.addmm(cell_rows.reshape(-1, cell_rows.shape[-1]), encoded.reshape(-1, encoded.shape[-1]),
-                            self.coord_proj.weight.t())
+                            self.coord_proj.weight.t().contiguous())
         return self.layers(first).view(*r.shape[:-1], -1)
 
 
