@@ -172,7 +172,8 @@ class SimCC(Representation):
         if self.config.label == "gaussian":
             sigma = self.config.sigma
             centres = ops.cell_centres(num_bins, device=coord.device, dtype=coord.dtype)
-            label = ops.gaussian((centres - mu.unsqueeze(-1)) ** 2, sigma) / (sigma * math.sqrt(2 * math.pi))
+            label = ops.gaussian((centres - mu.unsqueeze(-1)).square_(), sigma, in_place=True)
+            label.div_(sigma * math.sqrt(2 * math.pi))
             return label, (mu + 3 * sigma >= 0) & (mu - 3 * sigma <= num_bins)
         epsilon = self.config.label_smoothing
         index = mu.floor().clamp(0, num_bins - 1).long().unsqueeze(-1)
