@@ -81,6 +81,10 @@ class Representation(abc.ABC):
     # Bound on |decode(ideal_outputs(k)) - k| for interior keypoints, in input px: a class attribute, or a
     # property where it depends on the config (e.g. SimCC's split ratio). Read it on an instance.
     floor_tolerance_px: float
+    # Why a training step costs more than the plain heatmap's, in a sentence: the cost table prints it where
+    # the measured step is over ``profile.HEATMAP_STEP_RATIO`` times the heatmap's at the same input. A class
+    # attribute, or a property where it depends on the config (e.g. HDM's demanders); "" for none.
+    train_cost_note: str = ""
 
     def __init__(self, config: Any, input_size: tuple[int, int], num_keypoints: int):
         height, width = input_size

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 from typing import Literal
 
 import pandas as pd
@@ -17,7 +18,7 @@ from torch import nn
 
 from heatbench import ops, registry
 from heatbench.errors import HeatbenchError
-from heatbench.profile import profile_rows, write_profile_table
+from heatbench.profile import HEATMAP_STEP_RATIO, _compare_with_heatmap, profile_rows, write_profile_table
 from heatbench.representation import Representation
 
 DUMMY_NAME = "test-clampable-regression"
@@ -132,6 +133,28 @@ def test_decoding_columns_appear_exactly_for_representations_with_decoding_varia
     table = pd.read_csv(out / "table.csv").set_index("representation")
     assert pd.isna(table.loc["heatmap", "inference_gflops_clamped"])  # the CSV's column is empty for heatmap
     assert "infer GFLOPs/img (clamped)" in (out / "table.md").read_text()
+
+
+def test_each_train_step_is_compared_with_the_heatmaps_measured_in_the_same_run(profiled):
+    rows, out = profiled
+    heatmap, dummy = rows
+    assert heatmap["train_step_vs_heatmap"] == 1
+    assert dummy["train_step_vs_heatmap"] == pytest.approx(dummy["train_step_ms"] / heatmap["train_step_ms"])
+    assert "train step / heatmap's" in (out / "table.md").read_text()
+
+
+def test_a_step_over_the_ratio_says_why_and_one_within_it_says_nothing():
+    def row(name, size, step_ms):
+        return {"representation": name, "input": size, "train_step_ms": step_ms}
+
+    slow = 2 * HEATMAP_STEP_RATIO
+    rows = [row("heatmap", "64x64", 100.0), row("stated", "64x64", 100 * slow), row("silent", "64x64", 100 * slow),
+            row("close", "64x64", 100 * HEATMAP_STEP_RATIO), row("alone", "128x128", 100 * slow)]
+    notes = ["", "its loss is heavy", "", "its loss is heavy", "its loss is heavy"]
+    _compare_with_heatmap(rows, [SimpleNamespace(train_cost_note=note) for note in notes])
+    assert [r["train_step_vs_heatmap"] for r in rows] == [1, slow, slow, HEATMAP_STEP_RATIO, None]
+    assert [r["train_cost_note"] for r in rows] == ["", "its loss is heavy", "none stated by the representation",
+                                                     "", ""]
 
 
 @pytest.mark.parametrize("batches", [[0], [], [2, 2]], ids=["zero", "none", "repeated"])

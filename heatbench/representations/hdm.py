@@ -167,6 +167,13 @@ class HDM(Representation):
                              "has no 2 x 2 block of cells to split a keypoint over")
 
     @property
+    def train_cost_note(self) -> str:
+        if self.config.demanders == "naive":
+            return ""
+        return (f"its sub-pixel loss unrolls {self.config.iterations} log-domain Sinkhorn iterations over (B, K, 4, "
+                "h*w) tensors and backpropagates through every one")
+
+    @property
     def floor_tolerance_px(self) -> float:
         """Bound on |decode(ideal_outputs(k)) - k| for interior keypoints, input px.
 

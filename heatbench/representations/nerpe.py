@@ -418,6 +418,14 @@ class NerPE(Representation):
         cell_px = max(input_size) / config.cells
         return dataclasses.replace(config, samples_per_axis=max(1, min(8, round(8 * cell_px / 16))))
     floor_tolerance_px: ClassVar[float] = 0.71
+
+    @property
+    def train_cost_note(self) -> str:
+        queries = math.prod(self.grid) * self.config.samples_per_axis**2
+        evaluations = queries * (4 if self.config.local_ensemble else 1)
+        return (f"its loss runs the query MLP (hidden {'-'.join(map(str, self.config.hidden))}) at {queries} "
+                f"training queries per image, {evaluations} evaluations with the local ensemble, where the "
+                "heatmap's head is one 1x1 conv")
     floor_variants: ClassVar[tuple[str, ...]] = ("target", "decoding")
 
     def __init__(self, config: NerPEConfig, input_size: tuple[int, int], num_keypoints: int):
