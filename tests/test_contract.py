@@ -52,6 +52,26 @@ def test_head_loss_and_decode_have_the_contract_shapes(name, size, batch):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_channels_last_bf16_autocast_loss_is_close_to_the_float32_loss(name):
+    """A CUDA training step feeds the head channels-last features and runs head and loss under bf16 autocast
+    (heatbench.train). CPU autocast casts nearly the same ops, so a view that needs contiguous memory, a
+    dtype clash or a loss computed wholly in bf16 shows here, without a GPU."""
+    representation = heatbench.build_representation(name, input_size=(64, 64), num_keypoints=K)
+    torch.manual_seed(0)
+    head = representation.build_head(256, 4).to(memory_format=torch.channels_last)
+    features = torch.randn(2, 256, 16, 16).contiguous(memory_format=torch.channels_last)
+    targets = representation.encode(_interior_keypoints(2, (64, 64), torch.Generator().manual_seed(4)),
+                                    torch.ones(2, K))
+    reference = representation.loss(head(features), targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = representation.loss(head(features), targets)
+    loss.backward()
+    # bf16 keeps 8 significant bits (0.4 %) per rounding; a few layers of them stay within a few per cent
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(reference.item(), rel=0.05)
+    assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_round_trip_is_within_the_stated_tolerance(name, size):
     representation = heatbench.build_representation(name, input_size=size, num_keypoints=K)
