@@ -418,14 +418,6 @@ class NerPE(Representation):
         cell_px = max(input_size) / config.cells
         return dataclasses.replace(config, samples_per_axis=max(1, min(8, round(8 * cell_px / 16))))
     floor_tolerance_px: ClassVar[float] = 0.71
-
-    @property
-    def train_cost_note(self) -> str:
-        queries = math.prod(self.grid) * self.config.samples_per_axis**2
-        evaluations = queries * (4 if self.config.local_ensemble else 1)
-        return (f"its loss runs the query MLP (hidden {'-'.join(map(str, self.config.hidden))}) at {queries} "
-                f"training queries per image, {evaluations} evaluations with the local ensemble, where the "
-                "heatmap's head is one 1x1 conv")
     floor_variants: ClassVar[tuple[str, ...]] = ("target", "decoding")
 
     def __init__(self, config: NerPEConfig, input_size: tuple[int, int], num_keypoints: int):
@@ -439,7 +431,15 @@ class NerPE(Representation):
         self.grid = (config.cells, int(short_cells)) if height >= width else (int(short_cells), config.cells)
         self._half_long = long_side / 2
 
+    @property
+    def train_cost_note(self) -> str:
+        queries = math.prod(self.grid) * self.config.samples_per_axis**2
+        ensemble = f" x 4 local-ensemble cells = {4 * queries} evaluations" if self.config.local_ensemble else ""
+        return (f"its loss runs the query MLP (hidden {'-'.join(map(str, self.config.hidden))}) at {queries} "
+                f"training queries per image{ensemble}, where the heatmap's head is one 1x1 conv")
+
     # coordinates: canonical input px <-> normalised
+
     def _normalise(self, xy: torch.Tensor) -> torch.Tensor:
         height, width = self.input_size
         centre = torch.tensor([width / 2, height / 2], device=xy.device, dtype=xy.dtype)
