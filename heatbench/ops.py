@@ -61,6 +61,13 @@ def heatmap_sigma(input_size: tuple[int, int], stride: int = 4) -> float:
     return float(max(1, int(long_side / 32 + 0.5)))
 
 
+def weighted_outer(rows: torch.Tensor, columns: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(B, K, h) row and (B, K, w) column profiles, (B, K) weight -> the (B, K, h, w) maps
+    weight * rows[..., :, None] * columns[..., None, :]: the weight goes on the row profile, so that the
+    full-size maps are the one tensor of their size written."""
+    return (rows * weight.unsqueeze(-1)).unsqueeze(-1) * columns.unsqueeze(-2)
+
+
 def gaussian_heatmaps(centre: torch.Tensor, size: tuple[int, int], sigma: float, weight: torch.Tensor,
                       window_centre: torch.Tensor | None = None, truncate: bool = True
                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -87,7 +94,7 @@ def gaussian_heatmaps(centre: torch.Tensor, size: tuple[int, int], sigma: float,
         windows.append(window)
         weight = weight * window.any(dim=-1).to(weight.dtype)
     profile_x, profile_y = profiles
-    maps = (profile_y * weight.unsqueeze(-1)).unsqueeze(-1) * profile_x.unsqueeze(-2)
+    maps = weighted_outer(profile_y, profile_x, weight)
     return maps, (windows[0], windows[1]), weight
 
 

@@ -191,9 +191,9 @@ class Offset(Representation):
         else:
             centre = torch.floor(u + 0.5)  # round(u): the cell containing the keypoint, floor(x / s)
             classes, _, weight = ops.gaussian_heatmaps(centre, (map_height, map_width), self.config.sigma, weight)
-            # the peak cell as the outer product of its row and column, weighted on the row: one full-size write
-            on_row = (rows == centre[..., 1, None]).to(u.dtype) * weight.unsqueeze(-1)  # (B, K, h)
-            mask = on_row.unsqueeze(-1) * (cols == centre[..., 0, None]).to(u.dtype).unsqueeze(-2)
+            # the peak cell: the outer product of its row and its column
+            mask = ops.weighted_outer((rows == centre[..., 1, None]).to(u.dtype),
+                                      (cols == centre[..., 0, None]).to(u.dtype), weight)
         return OffsetTargets(classes, offsets, mask, weight)
 
     def loss(self, outputs: OffsetOutputs, targets: OffsetTargets) -> torch.Tensor:

@@ -184,8 +184,7 @@ class SAHR(Representation):
         centre = torch.floor(u + 0.5) if msra else u
         maps, (window_x, window_y), weight = ops.gaussian_heatmaps(centre, self.output_size(), self.config.sigma,
                                                                    weight, truncate=msra)
-        # the window's outer product, weighted on its small y axis: one write of the (B, K, h, w) support
-        support = (window_y.to(maps.dtype) * weight.unsqueeze(-1)).unsqueeze(-1) * window_x.to(maps.dtype).unsqueeze(-2)
+        support = ops.weighted_outer(window_y.to(maps.dtype), window_x.to(maps.dtype), weight)
         return SAHRTargets(maps, support, weight)
 
     def loss(self, outputs: SAHROutputs, targets: SAHRTargets) -> torch.Tensor:
