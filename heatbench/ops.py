@@ -88,11 +88,15 @@ def gaussian_heatmaps(centre: torch.Tensor, size: tuple[int, int], sigma: float,
     profiles, windows = [], []
     for axis, count in ((0, width), (1, height)):  # two axes, not a loop over B or K
         cells = torch.arange(count, device=centre.device, dtype=centre.dtype)
-        profile = gaussian((cells - centre[..., axis, None]) ** 2, sigma)  # (B, K, count)
-        window = (cells - window_centre[..., axis, None]).abs() <= radius
-        profiles.append(profile * window if truncate else profile)
+        profile = gaussian((cells - centre[..., axis, None]).square_(), sigma, in_place=True)  # (B, K, count)
+        middle = window_centre[..., axis, None]  # (B, K, 1)
+        window = (cells - middle).abs() <= radius
+        # The window holds a cell when it holds the cell nearest its centre: the same float test on that one
+        # cell, as the test is monotone in the distance. On (B, K), it costs less than a (B, K, count) any.
+        nearest = middle.round().clamp(0, count - 1)
+        weight = weight * ((nearest - middle).abs() <= radius).squeeze(-1).to(weight.dtype)
+        profiles.append(torch.where(window, profile, 0.0) if truncate else profile)
         windows.append(window)
-        weight = weight * window.any(dim=-1).to(weight.dtype)
     profile_x, profile_y = profiles
     maps = weighted_outer(profile_y, profile_x, weight)
     return maps, (windows[0], windows[1]), weight

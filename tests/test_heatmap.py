@@ -8,11 +8,10 @@ from typing import get_args
 import pytest
 import torch
 
-from heatbench import build_representation
+from heatbench import build_representation, ops
 from heatbench.coords import flip_horizontal
 from heatbench.decoders import DECODERS
 from heatbench.floor import COLUMNS, floor_error, floor_rows, interior_margin_px, variants, write_floor_table
-from heatbench.ops import flip_permutation
 from heatbench.representation import ConfigError
 from heatbench.representations.heatmap import DecoderName, Heatmap, HeatmapConfig, HeatmapTargets
 
@@ -109,6 +108,22 @@ def test_weight_is_zero_only_when_the_window_misses_the_map(encoding):
     assert targets.heatmaps[0, 0].max() > 0 and (targets.heatmaps[0, 1:] == 0).all()
 
 
+@pytest.mark.parametrize("sigma", [0.1, 1.0, 1.7])
+def test_the_weight_says_whether_the_window_holds_a_cell_also_at_its_edges(sigma):
+    """gaussian_heatmaps decides the weight from the cell nearest the window's centre; it must agree with
+    the (B, K, count) windows it returns, whose cells are tested one by one. With sigma 0.1 the window
+    (radius 0.3) can fall between two cells inside the map."""
+    height, width, radius = 16, 12, 3 * sigma
+    edges = torch.tensor([-radius, width - 1 + radius, height - 1 + radius, 5.5, 5.0 + radius])
+    middles = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1),
+                         torch.linspace(-6.0, 22.0, 57)])
+    window_centre = torch.cartesian_prod(middles, middles).unsqueeze(0)  # (1, N, 2) (x, y)
+    _, (window_x, window_y), weight = ops.gaussian_heatmaps(window_centre, (height, width), sigma,
+                                                            torch.ones(window_centre.shape[:2]))
+    assert torch.equal(weight.bool(), window_x.any(dim=-1) & window_y.any(dim=-1))
+    assert 0 < weight.sum() < weight.numel()
+
+
 def test_unlabelled_and_nan_keypoints_add_no_loss():
     representation = make()
     keypoints = torch.tensor([[[30.0, 30.0], [float("nan"), 5.0], [20.0, 40.0]]])
@@ -155,7 +170,7 @@ def test_flip_back_of_the_mirrored_targets_is_the_target_with_no_shift(encoding)
     representation = make((256, 192), encoding=encoding)
     torch.manual_seed(0)
     keypoints = torch.rand(4, K, 2) * torch.tensor([192.0, 256.0])
-    perm = flip_permutation(K, [(0, 2)])
+    perm = ops.flip_permutation(K, [(0, 2)])
     mirrored = flip_horizontal(keypoints, 192)[:, perm]
     flipped_back = representation.flip_back(representation.ideal_outputs(mirrored, torch.ones(4, K)), [(0, 2)])
     # float32 rounding of W - x and of the Gaussian's exponent, values <= 1

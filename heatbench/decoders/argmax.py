@@ -58,16 +58,15 @@ def find_peak(heatmaps: torch.Tensor) -> Peak:
     """The argmax of every (B, K, H, W) map, with the no-peak rule of the module docstring applied."""
     height, width = heatmaps.shape[-2:]
     index, maximum = argmax_2d(heatmaps)
+    found = maximum > 0
     # A flat map's first maximum is its first cell, so only maps whose maximum is there can be flat: their
     # minimum is read, not every map's (one pass over the maps instead of two).
     maybe_flat = (index == 0).all(dim=-1)
-    flat = torch.zeros_like(maybe_flat)
     if maybe_flat.any():
-        flat[maybe_flat] = heatmaps[maybe_flat].flatten(-2).amin(dim=-1) == maximum[maybe_flat]
-    found = (maximum > 0) & ~flat
+        found[maybe_flat] &= heatmaps[maybe_flat].flatten(-2).amin(dim=-1) != maximum[maybe_flat]
     centre = torch.tensor([(width - 1) / 2, (height - 1) / 2], device=heatmaps.device, dtype=heatmaps.dtype)
     coords = torch.where(found.unsqueeze(-1), index.to(heatmaps.dtype), centre)
-    return Peak(index, coords, torch.where(found, maximum, torch.zeros_like(maximum)), found)
+    return Peak(index, coords, torch.where(found, maximum, 0.0), found)
 
 
 def decode(heatmaps: torch.Tensor, sigma: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,52 @@
+"""The memory-allocator settings that ``import heatbench`` makes for the process, and why.
+
+1. Transparent huge pages for PyTorch's CPU tensors of 2 MiB and more (``THP_MEM_ALLOC_ENABLE=1``; NumPy
+   does the same by default). Faulting in a fresh 256x192 batch of maps (B = 256, K = 17: 53 MB) in 4 KiB
+   pages took longer than computing it: 19-22 ms against 4.7-6.4 ms to write it with huge pages.
+2. glibc's thresholds fixed where its own dynamic rule ends up: blocks under 32 MiB come from the heap
+   (``M_MMAP_THRESHOLD``) and up to 64 MiB of freed heap is kept (``M_TRIM_THRESHOLD``). glibc raises its
+   threshold by itself once a large mapped block is freed, but not for the page-aligned blocks that PyTorch
+   asks for under setting 1, so every tensor of 2 to 32 MiB was mapped, faulted in and unmapped again on
+   each allocation (``strace``: one ``mmap``, ``madvise`` and ``munmap`` per tensor). Writing a fresh
+   (256, 17, 16, 16) batch took 0.12 ms with this setting against 0.43-1.1 ms without, a (256, 17, 32, 32)
+   one 0.27-0.30 ms against 2.5 ms (one outer product per call, two processes each, this project's 2-core
+   CPU); the MSRA encoding of the codec benchmark went from 43-48x to 94-106x at 64x64 and from 20-26x to
+   47x at 128x128 (``benchmarks/test_codec_speed.py -k encode``, against the same run with
+   ``GLIBC_TUNABLES=glibc.malloc.check=0``, a setting that changes nothing but makes heatbench leave glibc
+   alone).
+
+A training step spends no measurable time on either (heatmap, SimCC and NerPE at 64x64, B = 16: the same
+median step with and without setting 2 in three interleaved pairs of processes); the batched codecs and
+large-batch decoding do. A user's own choice wins: a set ``THP_MEM_ALLOC_ENABLE`` is kept, and glibc's
+thresholds are left alone when ``GLIBC_TUNABLES``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``
+is set, or when the C library is not glibc.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import MutableMapping
+
+MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+TRIM_THRESHOLD_BYTES = 64 << 20  # twice the mmap threshold, as glibc's dynamic rule pairs them
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers, <malloc.h>
+USER_MALLOC_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def configure(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Apply both settings unless the user made their own; returns whether glibc's thresholds were set.
+
+    Setting 1 acts only if it comes before PyTorch's first allocation, so call this before importing torch."""
+    environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    if any(name in environ for name in USER_MALLOC_SETTINGS) or not _running_on_glibc():
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+
+
+def _running_on_glibc() -> bool:
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc ")
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows) or no such name (musl, macOS)
+        return False
