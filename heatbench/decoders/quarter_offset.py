@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .argmax import find_peak, take_2d
+from .argmax import find_peak
 
 
 def decode(heatmaps: torch.Tensor, sigma: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,9 +22,11 @@ def decode(heatmaps: torch.Tensor, sigma: float = 2.0) -> tuple[torch.Tensor, to
     height, width = heatmaps.shape[-2:]
     peak = find_peak(heatmaps)
     x, y = peak.index.unbind(-1)
-    steps = torch.tensor([[1, -1, 0, 0], [0, 0, 1, -1]], device=heatmaps.device)  # right, left, down, up
-    right, left, down, up = take_2d(heatmaps, x.unsqueeze(-1) + steps[0], y.unsqueeze(-1) + steps[1]).unbind(-1)
-    offset = 0.25 * torch.stack((right - left, down - up), dim=-1).sign()  # (B, K, 2)
-    inside = (x > 1) & (x < width - 1) & (y > 1) & (y < height - 1)
-    apply = (peak.found & inside).unsqueeze(-1)
-    return torch.where(apply, peak.coords + offset, peak.coords), peak.score
+    # The four neighbours by flat index; clamping only changes reads at the border, where no offset applies.
+    steps = torch.tensor([1, -1, width, -width], device=heatmaps.device)  # right, left, down, up
+    cells = (y * width + x).unsqueeze(-1) + steps
+    neighbours = heatmaps.flatten(-2).gather(-1, cells.clamp_(0, height * width - 1))  # (B, K, 4)
+    offset = (neighbours[..., 0::2] - neighbours[..., 1::2]).sign_().mul_(0.25)  # (B, K, 2): right - left, down - up
+    size = torch.tensor([width, height], device=heatmaps.device)
+    apply = peak.found & ((peak.index > 1) & (peak.index < size - 1)).all(dim=-1)
+    return torch.where(apply.unsqueeze(-1), peak.coords + offset, peak.coords), peak.score
