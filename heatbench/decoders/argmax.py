@@ -59,9 +59,9 @@ def find_peak(heatmaps: torch.Tensor) -> Peak:
     height, width = heatmaps.shape[-2:]
     index, maximum = argmax_2d(heatmaps)
     found = maximum > 0
-    # A flat map's first maximum is its first cell, so only maps whose maximum is there can be flat: their
-    # minimum is read, not every map's (one pass over the maps instead of two).
-    maybe_flat = (index == 0).all(dim=-1)
+    # A flat map's first maximum is its first cell, and its last cell holds the maximum too: only such maps
+    # can be flat, and only their minimum is read (one pass over the maps instead of two).
+    maybe_flat = (index == 0).all(dim=-1) & (heatmaps[..., -1, -1] == maximum)
     if maybe_flat.any():
         found[maybe_flat] &= heatmaps[maybe_flat].flatten(-2).amin(dim=-1) != maximum[maybe_flat]
     centre = torch.tensor([(width - 1) / 2, (height - 1) / 2], device=heatmaps.device, dtype=heatmaps.dtype)
