@@ -18,9 +18,9 @@
 Setting 2 does not change a training step (heatmap, SimCC and NerPE at 64x64: the same median step with and
 without it, at B = 16 in three interleaved pairs of processes and at B = 8 in two pairs of
 ``benchmarks/test_train_step.py`` runs); the batched codecs and large-batch decoding gain from it. A user's
-own choice wins: a set ``THP_MEM_ALLOC_ENABLE`` is kept, and glibc's
-thresholds are left alone when ``GLIBC_TUNABLES``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``
-is set, or when the C library is not glibc.
+own choice wins: a set ``THP_MEM_ALLOC_ENABLE`` is kept, and glibc's thresholds are left alone when
+``GLIBC_TUNABLES``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is set, or when the C library
+is not glibc.
 """
 from __future__ import annotations
 
