@@ -1,24 +1,23 @@
 """The memory-allocator settings that ``import heatbench`` makes for the process, and why.
 
 1. Transparent huge pages for PyTorch's CPU tensors of 2 MiB and more (``THP_MEM_ALLOC_ENABLE=1``; NumPy
-   does the same by default). Faulting in a fresh 256x192 batch of maps (B = 256, K = 17: 53 MB) in 4 KiB
-   pages took longer than computing it: 19-22 ms against 4.7-6.4 ms to write it with huge pages.
+   does the same by default), so that a fresh batch of maps is not faulted in 4 KiB pages at a time. In
+   ``python -m pytest benchmarks/test_codec_speed.py -q --benchmark-enable -s -k "256x192 and (encode or
+   argmax)"`` (53 MB batches), two runs without it gave one of eight timings 21.8 ms against 3.2-4.0 ms for
+   the rest; two runs with it, 3.3-3.8 ms for all eight.
 2. glibc's thresholds fixed where its own dynamic rule ends up: blocks under 32 MiB come from the heap
    (``M_MMAP_THRESHOLD``) and up to 64 MiB of freed heap is kept (``M_TRIM_THRESHOLD``). glibc raises its
    threshold by itself once a large mapped block is freed, but not for the page-aligned blocks that PyTorch
    asks for under setting 1, so every tensor of 2 to 32 MiB was mapped, faulted in and unmapped again on
-   each allocation (``strace``: one ``mmap``, ``madvise`` and ``munmap`` per tensor). Writing a fresh
-   (256, 17, 16, 16) batch took 0.12 ms with this setting against 0.43-1.1 ms without, a (256, 17, 32, 32)
-   one 0.27-0.30 ms against 2.5 ms (one outer product per call, two processes each, this project's 2-core
-   CPU); the MSRA encoding of the codec benchmark went from 43-48x to 94-106x at 64x64 and from 20-26x to
-   47x at 128x128 (``benchmarks/test_codec_speed.py -k encode``, against the same run with
-   ``GLIBC_TUNABLES=glibc.malloc.check=0``, a setting that changes nothing but makes heatbench leave glibc
-   alone).
+   each allocation (``strace``: one ``mmap``, ``madvise`` and ``munmap`` per tensor). The MSRA encoding of
+   ``benchmarks/test_codec_speed.py -k encode`` went from 43-48x to 94-106x at 64x64 and from 20-26x to 47x
+   at 128x128 (two pairs of runs, against the same command with ``GLIBC_TUNABLES=glibc.malloc.check=0``, a
+   setting that changes nothing but makes heatbench leave glibc alone).
 
-Setting 2 does not change a training step (heatmap, SimCC and NerPE at 64x64: the same median step with and
-without it, at B = 16 in three interleaved pairs of processes and at B = 8 in two pairs of
-``benchmarks/test_train_step.py`` runs); the batched codecs and large-batch decoding gain from it. A user's
-own choice wins: a set ``THP_MEM_ALLOC_ENABLE`` is kept, and glibc's thresholds are left alone when
+Setting 2 does not change a training step: ``python -m pytest benchmarks/test_train_step.py
+--benchmark-enable -k "test_train_step and 64x64 and (heatmap or nerpe or simcc)"`` gave median steps
+within the run-to-run spread in two pairs of runs (heatmap 156 and 170 ms with it, 157 and 163 ms without). The batched codecs and large-batch decoding gain from it. A
+user's own choice wins: a set ``THP_MEM_ALLOC_ENABLE`` is kept, and glibc's thresholds are left alone when
 ``GLIBC_TUNABLES``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is set, or when the C library
 is not glibc.
 """
