@@ -14,12 +14,12 @@
    at 128x128 (two pairs of runs, against the same command with ``GLIBC_TUNABLES=glibc.malloc.check=0``, a
    setting that changes nothing but makes heatbench leave glibc alone).
 
-Setting 2 does not change a training step: ``python -m pytest benchmarks/test_train_step.py
---benchmark-enable -k "test_train_step and 64x64 and (heatmap or nerpe or simcc)"`` gave median steps
-within the run-to-run spread in two pairs of runs (heatmap 156 and 170 ms with it, 157 and 163 ms without). The batched codecs and large-batch decoding gain from it. A
-user's own choice wins: a set ``THP_MEM_ALLOC_ENABLE`` is kept, and glibc's thresholds are left alone when
-``GLIBC_TUNABLES``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is set, or when the C library
-is not glibc.
+Setting 2 does not change a training step: ``python -m pytest benchmarks/test_train_step.py --benchmark-enable
+-k "test_train_step and 64x64 and (heatmap or nerpe or simcc)"`` gave median steps within the run-to-run
+spread in two pairs of runs (heatmap 156 and 170 ms with it, 157 and 163 ms without). The batched codecs and
+large-batch decoding gain from it. A user's own choice wins: a set ``THP_MEM_ALLOC_ENABLE`` is kept, and
+glibc's thresholds are left alone when ``GLIBC_TUNABLES``, ``MALLOC_MMAP_THRESHOLD_`` or
+``MALLOC_TRIM_THRESHOLD_`` is set, or when the C library is not glibc.
 """
 from __future__ import annotations
 
