@@ -3,13 +3,14 @@
 Coordinates are heatmap index units, cell (i, j) centred at (i, j).
 """
 import math
+import multiprocessing
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heatbench.decoders import DECODERS, get_decoder
+from heatbench.decoders import DECODERS, argmax as argmax_module, get_decoder
 from heatbench.decoders.argmax import Peak, argmax_2d, find_peak, max_last, take_2d
 from heatbench.decoders.dark import blur_kernel_size, dark_1d, log_modulated, modulate, refine
 
@@ -58,6 +59,44 @@ def test_max_last_is_torch_max_with_its_first_index_on_ties_and_nans(dtype):
         expected_maximum, expected_index = case.max(dim=-1)
         assert torch.equal(index, expected_index)
         torch.testing.assert_close(maximum, expected_maximum, equal_nan=True)
+
+
+@pytest.fixture
+def split_argmax(monkeypatch):
+    """max_last's NumPy argmax split over three threads whatever the input's size; yields the split count."""
+    monkeypatch.setattr(argmax_module, "_SPLIT_ARGMAX_MIN_VALUES", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    splits, thread_pool = [], argmax_module._thread_pool
+    monkeypatch.setattr(argmax_module, "_thread_pool", lambda *key: splits.append(key) or thread_pool(*key))
+    yield splits
+    torch.set_num_threads(threads)
+
+
+def test_max_last_split_over_threads_is_torch_max_with_its_first_index_on_ties_and_nans(split_argmax):
+    values = torch.randint(0, 4, (7, 40), generator=torch.Generator().manual_seed(0)).float()  # 7 rows: 2, 2, 3
+    values[1, 2] = values[6, 3] = values[6, 9] = math.nan  # in the first part and twice in the last
+    maximum, index = max_last(values.view(7, 1, 40))
+    expected_maximum, expected_index = values.max(dim=-1)
+    assert split_argmax and torch.equal(index.view(7), expected_index)
+    torch.testing.assert_close(maximum.view(7), expected_maximum, equal_nan=True)
+
+
+def _split_argmax_in_child(results):
+    results.put(max_last(torch.arange(12.0).view(4, 3))[1].tolist())
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_max_last_split_over_threads_also_works_in_a_forked_child(split_argmax):
+    max_last(torch.zeros(4, 3))  # the parent's pool exists, and its threads are not in the child
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_split_argmax_in_child, args=(results,))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0 and results.get(timeout=1) == [2, 2, 2, 2]
 
 
 def test_take_2d_reads_cells_and_clamps_to_the_edge():
@@ -115,8 +154,8 @@ def test_window_log_modulation_is_the_full_one_up_to_a_constant_per_map(low, hig
 
 
 def test_refinement_discards_steps_longer_than_one_cell():
-    peak = Peak(torch.zeros(1, 3, 2, dtype=torch.long), torch.full((1, 3, 2), 4.0), torch.ones(1, 3),
-                torch.ones(1, 3, dtype=torch.bool))
+    peak = Peak(torch.zeros(1, 3, 2, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long),
+                torch.full((1, 3, 2), 4.0), torch.ones(1, 3), torch.ones(1, 3, dtype=torch.bool))
     step = torch.tensor([[[0.4, -0.9], [1.5, 0.0], [float("nan"), 0.0]]])
     refined = refine(peak, step, torch.ones(1, 3, dtype=torch.bool))
     torch.testing.assert_close(refined, torch.tensor([[[4.4, 3.1], [4.0, 4.0], [4.0, 4.0]]]))

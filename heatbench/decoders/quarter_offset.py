@@ -22,11 +22,11 @@ def decode(heatmaps: torch.Tensor, sigma: float = 2.0) -> tuple[torch.Tensor, to
     height, width = heatmaps.shape[-2:]
     peak = find_peak(heatmaps)
     x, y = peak.index.unbind(-1)
-    # The four neighbours by flat index; clamping only changes reads at the border, where no offset applies.
-    steps = torch.tensor([1, -1, width, -width], device=heatmaps.device)  # right, left, down, up
-    cells = (y * width + x).unsqueeze(-1) + steps
-    neighbours = heatmaps.flatten(-2).gather(-1, cells.clamp_(0, height * width - 1))  # (B, K, 4)
-    offset = (neighbours[..., 0::2] - neighbours[..., 1::2]).sign_().mul_(0.25)  # (B, K, 2): right - left, down - up
-    size = torch.tensor([width, height], device=heatmaps.device)
-    apply = peak.found & ((peak.index > 1) & (peak.index < size - 1)).all(dim=-1)
-    return torch.where(apply.unsqueeze(-1), peak.coords + offset, peak.coords), peak.score
+    apply = peak.found & (x > 1) & (x < width - 1) & (y > 1) & (y < height - 1)
+    # The four neighbours by flat index, flat + steps * apply: where no offset applies, all four reads are the
+    # peak itself, and the offset is 0.
+    steps = torch.tensor([-1, 1, -width, width], device=heatmaps.device)  # left, right, up, down
+    cells = torch.addcmul(peak.flat.unsqueeze(-1), steps, apply.unsqueeze(-1))
+    neighbours = heatmaps.flatten(-2).gather(-1, cells).view(*cells.shape[:-1], 2, 2)  # (B, K, axis, -/+)
+    offset = neighbours.diff(dim=-1).squeeze(-1).sign_().mul_(0.25)
+    return peak.coords + offset, peak.score

@@ -153,16 +153,14 @@ class Heatmap(Representation):
     def build_head(self, in_channels: int, in_stride: int) -> nn.Module:
         return keypoint_map_head(self.name, in_channels, in_stride, self.config.stride, self.num_keypoints)
 
-    def _grid(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(2,) cell size and (2,) cell-0 centre in input px, (x, y): canonical x = origin + u * cell."""
-        cell = torch.tensor(self.output_stride_px, device=like.device, dtype=like.dtype)
-        return cell, torch.full_like(cell, self.origin_px)
+    def _cell(self, like: torch.Tensor) -> torch.Tensor:
+        """(2,) cell size in input px, (x, y): canonical x = origin_px + u * cell."""
+        return torch.tensor(self.output_stride_px, device=like.device, dtype=like.dtype)
 
     def encode(self, keypoints: torch.Tensor, visible: torch.Tensor) -> HeatmapTargets:
         """(B, K, 2) canonical keypoints, (B, K) visibility -> (B, K, h, w) maps and (B, K) weights."""
         keypoints, weight = ops.sanitize_keypoints(keypoints, visible)
-        cell, origin = self._grid(keypoints)
-        u = (keypoints - origin) / cell  # (B, K, 2) cell units
+        u = (keypoints - self.origin_px) / self._cell(keypoints)  # (B, K, 2) cell units
         rounded = torch.floor(u + 0.5)
         centre = rounded if self.config.encoding == "msra" else u
         window_centre = u if self.config.encoding == "unbiased" else rounded
@@ -177,8 +175,7 @@ class Heatmap(Representation):
     def decode(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, h, w) maps -> (B, K, 2) canonical keypoints and (B, K) decoder scores."""
         coords, scores = get_decoder(self.config.decoder)(outputs, self.config.sigma)
-        cell, origin = self._grid(coords)
-        return origin + coords * cell, scores
+        return coords * self._cell(coords) + self.origin_px, scores
 
     def flip_back(self, outputs: torch.Tensor, flip_pairs: FlipPairs) -> torch.Tensor:
         perm = ops.flip_permutation(self.num_keypoints, flip_pairs, device=outputs.device)
