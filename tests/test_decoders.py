@@ -63,7 +63,8 @@ def test_max_last_is_torch_max_with_its_first_index_on_ties_and_nans(dtype):
 
 @pytest.fixture
 def split_argmax(monkeypatch):
-    """max_last's NumPy argmax split over three threads whatever the input's size; yields the split count."""
+    """max_last's NumPy argmax split over three threads whatever the input's size; yields the (pid, workers)
+    keys of the thread pools it asked for."""
     monkeypatch.setattr(argmax_module, "_SPLIT_ARGMAX_MIN_VALUES", 0)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
