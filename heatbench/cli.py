@@ -23,6 +23,11 @@ def _add_run(commands) -> None:
     parser.add_argument("--image-root", help="image folder for --data (default: the annotation file's folder)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the TrainConfig default)")
     parser.add_argument("--batch-size", type=int, help="training batch size")
+    parser.add_argument("--eval-every", type=int,
+                        help="validate every N epochs for the learning curves (default: the TrainConfig default)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "float32"),
+                        help="training forward: auto (bf16 on CUDA and on CPUs with bf16 units, else float32), "
+                             "bf16 or float32; evaluation is always float32")
     parser.add_argument("--seeds", type=int, default=1, help="runs per representation x resolution (seeds 0..N-1)")
     parser.add_argument("--seed", type=int, default=0, help="first seed")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -47,7 +52,7 @@ def _run(args) -> None:
 
     names = _names(args.repr)
     changes = {"epochs": args.epochs, "batch_size": args.batch_size, "backbone_depth": args.backbone,
-               "pretrained": args.pretrained}
+               "pretrained": args.pretrained, "eval_every": args.eval_every, "precision": args.precision}
     train = dataclasses.replace(TrainConfig(), flip_test=not args.no_flip_test,
                                 **{key: value for key, value in changes.items() if value is not None})
     if args.seeds < 1:

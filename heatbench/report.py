@@ -45,10 +45,17 @@ DPI = 120
 # Below this many images the percentile bootstrap undercovers noticeably (it cannot see the tails), so the
 # report flags its verdicts as provisional (ours; tests/test_stats.py measures ~92% coverage at 60 images).
 FEW_IMAGES = 20
+# A row whose error is over this fraction of the mean-pose baseline's is flagged as not learned (ours: a model
+# that reads the image should beat "every keypoint at its mean position" by a wide margin).
+LEARNED_FRACTION = 1 / 3
 RESAMPLES = 2000  # each end of the interval then moves by ~1.5% of its width from one bootstrap seed to another
 
 # figure file -> (title, caption) in report.md
 FIGURES = {
+    "learning_curves.png": ("Learning curves",
+                            "Validation mean error (input px, log scale) against optimizer step, one line per "
+                            "representation and seed; dashed: the mean-pose baseline, which looks at no image; "
+                            "dotted: the fraction of it below which a row counts as learned."),
     "accuracy_vs_resolution.png": ("Accuracy against input resolution",
                                    "Mean error in input px (a pixel of a larger input is a smaller piece of the "
                                    "image), in original-image px (comparable across resolutions), and PCK@0.1 "
@@ -87,6 +94,11 @@ class Entry:
     counted: np.ndarray  # (N, K) labelled keypoints
 
     @property
+    def baseline(self) -> bool:
+        """The mean-pose row: no network, so no costs, floor or learning curve."""
+        return bool(self.row.get("baseline"))
+
+    @property
     def size(self) -> tuple[int, int]:
         height, width = self.row["input"].split("x")
         return int(height), int(width)
@@ -123,18 +135,23 @@ def _entries(runs: list[RunDir], visible: np.ndarray) -> list[Entry]:
         for row in run.record["rows"]:
             homes.setdefault((row["representation"], row["input"]), set()).add(run.label)
     ambiguous = {name for (name, _), labels in homes.items() if len(labels) > 1}
-    entries = []
+    entries, baselines = [], set()
     for run in runs:
         with np.load(run.path / "predictions.npz") as predictions:
             for row in run.record["rows"]:
-                name, keys = row["representation"], [f"{row['representation']}_{row['input']}_seed{seed}"
-                                                     for seed in row["seeds"]]
+                if row.get("baseline"):  # runs on the same instances share it: one entry per input size
+                    if row["input"] in baselines:
+                        continue
+                    baselines.add(row["input"])
+                name = row["representation"]
+                keys = ([f"{name}_{row['input']}"] if row.get("baseline") else
+                        [f"{name}_{row['input']}_seed{seed}" for seed in row["seeds"]])
                 missing = [key for key in keys if f"{key}/pred_input" not in predictions.files]
                 if missing:
                     raise HeatbenchError(f"{run.path / 'predictions.npz'}: no predictions for {', '.join(missing)}")
                 errors = np.stack([keypoint_errors(predictions[f"{key}/pred_input"], predictions[f"{key}/target_input"])
                                    for key in keys])  # (S, N, K)
-                label = f"{name} ({run.label})" if name in ambiguous else name
+                label = f"{name} ({run.label})" if name in ambiguous and not row.get("baseline") else name
                 entries.append(Entry(label, run, row, errors, (visible > 0) & np.isfinite(errors).all(axis=0)))
     return entries
 
@@ -214,7 +231,7 @@ def _plot_cost(entries: list[Entry], colours: dict[str, str]) -> Figure:
     for axis, (key, title) in zip(axes, [("inference_gflops", "GFLOPs per image"),
                                          ("inference_ms", "inference ms per image (batch 1)")]):
         labelled = set()
-        for entry in entries:
+        for entry in (e for e in entries if not e.baseline):
             x, y = entry.row["mean_error_image_px"], entry.row[key]
             axis.errorbar(x, y, xerr=_spread(entry, "mean_error_image_px"), yerr=_spread(entry, key), marker="o",
                           capsize=3, color=colours[entry.label],
@@ -252,7 +269,7 @@ def _plot_floor(entries: list[Entry], colours: dict[str, str]) -> Figure:
     sizes = _sizes(entries)
     figure, axes = _panels(len(sizes), max(4.5, 1.2 * max(sum(e.size == s for e in entries) for s in sizes)), 3.6)
     for axis, size in zip(axes, sizes):
-        shown = [e for e in entries if e.size == size]
+        shown = [e for e in entries if e.size == size and not e.baseline]
         positions = np.arange(len(shown))
         floors = axis.bar(positions - 0.2, [e.row["floor_px"] for e in shown], 0.4, color="0.6",
                           label="floor: decode(ideal outputs)")
@@ -267,14 +284,50 @@ def _plot_floor(entries: list[Entry], colours: dict[str, str]) -> Figure:
     return figure
 
 
+def _plot_curves(entries: list[Entry], colours: dict[str, str]) -> Figure:
+    sizes = _sizes(entries)
+    figure, axes = _panels(len(sizes), 5.0, 3.8)
+    for axis, size in zip(axes, sizes):
+        for entry in (e for e in entries if e.size == size):
+            if entry.baseline:
+                axis.axhline(entry.row["mean_error_input_px"], color="0.3", linestyle="--", label=entry.label)
+                axis.axhline(entry.row["mean_error_input_px"] * LEARNED_FRACTION, color="0.6", linestyle=":",
+                             label=f"{LEARNED_FRACTION:.2g} x {entry.label}")
+                continue
+            seeds = [row for row in entry.run.record["seed_rows"] if (row["representation"], row["input"])
+                     == (entry.row["representation"], entry.row["input"]) and row.get("curve")]
+            for index, row in enumerate(seeds):
+                axis.plot([point["step"] for point in row["curve"]],
+                          [point["mean_error_input_px"] for point in row["curve"]], marker=".",
+                          color=colours[entry.label], alpha=0.8, label=entry.label if index == 0 else None)
+        axis.set_yscale("log")
+        axis.set(title=f"input {_size_name(size)}", xlabel="optimizer step", ylabel="validation mean error (input px)")
+        axis.legend(fontsize="x-small")
+    return figure
+
+
 def _cell(entry: Entry, key: str, spread: bool = True) -> str:
+    if entry.row.get(key) is None:
+        return ""
     value, std = entry.row[key], _spread(entry, key) if spread else None
     return f"{value:.4g}" + (f" ± {std:.2g}" if std is not None else "")
 
 
+def _not_learned(entries: list[Entry]) -> str:
+    """A warning naming every row whose error is over LEARNED_FRACTION of the mean pose's, or ""."""
+    failing = [f"{e.label} at {e.row['input']} ({e.row['vs_mean_pose']:.2f})" for e in entries
+               if not e.baseline and e.row.get("vs_mean_pose") is not None and e.row["vs_mean_pose"] > LEARNED_FRACTION]
+    if not failing:
+        return ""
+    return (f"**Warning: {len(failing)} row(s) did not reach {LEARNED_FRACTION:.2g} of the mean-pose error**, the bar "
+            "for a model that learned from the image: " + ", ".join(failing) + ". Read their numbers as a failure "
+            "to train, not as the method's accuracy.\n\n")
+
+
 def _results_table(entries: list[Entry]) -> str:
     rows = [{"representation": e.label, "input (HxW)": e.row["input"], "seeds": len(e.row["seeds"]),
-             "mean err (input px)": _cell(e, "mean_error_input_px"), "PCK@0.1": _cell(e, "pck@0.1"),
+             "mean err (input px)": _cell(e, "mean_error_input_px"), "vs mean pose": _cell(e, "vs_mean_pose"),
+             "PCK@0.1": _cell(e, "pck@0.1"),
              "AP": _cell(e, "AP"), "floor (input px)": _cell(e, "floor_px", spread=False),
              "GFLOPs/img": _cell(e, "inference_gflops", spread=False), "infer ms/img": _cell(e, "inference_ms")}
             for e in sorted(entries, key=lambda e: _by_area(e.size))]
@@ -282,7 +335,11 @@ def _results_table(entries: list[Entry]) -> str:
 
 
 def _comparable(a: Entry, b: Entry) -> bool:
-    return (a.size == b.size and a.row["seeds"] == b.row["seeds"] and a.run.record["train"] == b.run.record["train"]
+    if a.size != b.size or a.baseline and b.baseline:
+        return False
+    if a.baseline or b.baseline:  # the mean pose depends on no seed, schedule or flip test
+        return True
+    return (a.row["seeds"] == b.row["seeds"] and a.run.record["train"] == b.run.record["train"]
             and a.run.record["data"]["flip_test"] == b.run.record["data"]["flip_test"])
 
 
@@ -305,7 +362,7 @@ def _comparisons(entries: list[Entry], image_ids: np.ndarray, visible: np.ndarra
              "trained with several seeds enters with its seed-mean error per keypoint, so the interval measures the "
              "spread over evaluated images, not over retraining. \"A beats B\" is stated only where the interval "
              "excludes zero. Rows are compared when they share the input size, the seeds, the schedule and the "
-             "flip test.\n\n")
+             "flip test; every row is compared with the mean pose at its input size.\n\n")
     if not rows:
         return intro + "No two rows share an input size, seeds, schedule and flip test; nothing to compare.\n"
     caution = (f"\nFewer than {FEW_IMAGES} validation images: a bootstrap over so few images gives intervals "
@@ -368,6 +425,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
         raise HeatbenchError(f"report: {', '.join(str(run.path) for run in runs)} hold no result rows")
     colours = _colours(entries)
     figures = {
+        "learning_curves.png": _plot_curves(entries, colours),
         "accuracy_vs_resolution.png": _plot_accuracy(entries, colours),
         "error_cdf.png": _plot_cdf(entries, colours),
         "cost_vs_accuracy.png": _plot_cost(entries, colours),
@@ -384,7 +442,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
         "network input; PCK@0.1 counts keypoints within 0.1 x the instance's box size; AP is OKS AP "
         f"({runs[0].record['data']['oks_sigmas']}); floor is the error of decode(ideal outputs) for interior "
         "keypoints; GFLOPs and ms are per image at batch 1 on the run's device. Mean ± sample std over seeds.\n\n"
-        + _results_table(entries) + "\n\n"
+        + _not_learned(entries) + _results_table(entries) + "\n\n"
         "## Figures\n\n" + sections
         + "## Paired comparisons\n\n" + _comparisons(entries, evaluation["image_ids"], evaluation["visible"])
     )

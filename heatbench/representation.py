@@ -63,10 +63,35 @@ def check_feature_stride(name: str, in_stride: int, stride: int) -> None:
                          f"stride is {stride}; set stride={in_stride} or change the backbone's output stride")
 
 
+HEAD_INIT_STD = 0.001
+
+
+def init_head_(module: nn.Module, std: float = HEAD_INIT_STD) -> nn.Module:
+    """Initialise every convolution, deconvolution and linear layer of ``module`` from N(0, std) with bias 0,
+    and every BatchNorm to weight 1 and bias 0, in place; returns ``module``.
+
+    This is the init of the reference heads: SimpleBaseline's and HRNet's ``init_weights`` (final layer and
+    deconvolutions; microsoft/human-pose-estimation.pytorch ``lib/models/pose_resnet.py``,
+    leoxiaobin/deep-high-resolution-net.pytorch ``lib/models/pose_hrnet.py``) and mmpose's ``HeatmapHead``
+    ``init_cfg``. PyTorch's default init of a 256-channel 1x1 conv emits maps of std about 0.4, a hundred
+    times a peak-1 target's background, which a short schedule never unlearns.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(layer.weight, std=std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return module
+
+
 def keypoint_map_head(name: str, in_channels: int, in_stride: int, stride: int, num_keypoints: int) -> nn.Conv2d:
-    """The 1x1 conv from stride-``stride`` features to one map per keypoint, shared by the map representations."""
+    """The 1x1 conv from stride-``stride`` features to one map per keypoint, shared by the map representations,
+    initialised as the reference heads (``init_head_``)."""
     check_feature_stride(name, in_stride, stride)
-    return nn.Conv2d(in_channels, num_keypoints, kernel_size=1)
+    return init_head_(nn.Conv2d(in_channels, num_keypoints, kernel_size=1))
 
 
 class ConfigError(HeatbenchError, ValueError):

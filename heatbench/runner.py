@@ -8,18 +8,22 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+from tqdm import tqdm
 
 from . import floor, results
 from .data import load_dataset
 from .errors import HeatbenchError
 from .report import made_by, write_report
 from .representation import Representation, build_representation
-from .train import TrainConfig, describe, init_distributed, resolve_device, run_one
+from .train import (MEAN_POSE, TrainConfig, describe, init_distributed, mean_pose, resolve_device, run_one,
+                    steps_per_epoch, training_dtype)
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +39,11 @@ TABLE_COLUMNS = {
     "head_params": "head params",
     "total_params": "total params",
     "inference_gflops": "GFLOPs/img",
+    "train_steps": "train steps",
     "train_seconds": "train s",
     "inference_ms": "infer ms/img",
     "mean_error_input_px": "mean err (input px)",
+    "vs_mean_pose": "vs mean pose",
     "pck@0.1": "PCK@0.1",
     "AP": "AP",
     "floor_px": "floor (input px)",
@@ -147,14 +153,33 @@ def table_rows(seed_rows: list[dict]) -> list[dict]:
             for group in groups]
 
 
-def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[str, np.ndarray]) -> str:
-    """Write a complete run directory atomically (results.json, predictions.npz, table.md, table.csv), then
-    its report (report.md and figures).
+def with_baselines(rows: list[dict], baselines: list[dict]) -> list[dict]:
+    """The table: per input size, its mean-pose row first, then the representations' rows; every row with
+    ``vs_mean_pose``, its mean error over the mean-pose error at its input size."""
+    reference = {row["input"]: row["mean_error_input_px"] for row in baselines}
+    sizes = sorted({row["input"] for row in rows + baselines}, key=lambda name: math.prod(parse_resolutions(name)[0]))
+    table = []
+    for size in sizes:
+        for row in [row for row in baselines if row["input"] == size] + [row for row in rows if row["input"] == size]:
+            ratio = row["mean_error_input_px"] / reference[size] if size in reference else None
+            table.append({**row, "vs_mean_pose": ratio})
+    return table
 
-    ``record`` holds everything but the rows; ``arrays`` the validation targets and every prediction.
-    Shared by ``run`` and ``merge``. Returns the Markdown table.
+
+def curve_rows(seed_rows: list[dict]) -> list[dict]:
+    """One row per validation during training: representation, input, seed, epoch, step, loss and metrics."""
+    return [{"representation": row["representation"], "input": row["input"], "seed": row["seed"], **point}
+            for row in seed_rows for point in row.get("curve", [])]
+
+
+def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[str, np.ndarray]) -> str:
+    """Write a complete run directory atomically (results.json, predictions.npz, table.md, table.csv,
+    curves.csv), then its report (report.md and figures).
+
+    ``record`` holds everything but the rows (its ``baselines`` are the mean-pose rows); ``arrays`` the
+    validation targets and every prediction. Shared by ``run`` and ``merge``. Returns the Markdown table.
     """
-    rows = table_rows(seed_rows)
+    rows = with_baselines(table_rows(seed_rows), record.get("baselines", []))
     record = {**record, "rows": rows, "seed_rows": seed_rows}
     seeds = sorted({row["seed"] for row in seed_rows})
     preface = (f"# {record['run']}\n\n{made_by(record)} Data: {record['data']['name']}, "
@@ -165,6 +190,7 @@ def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[st
         results.write_json(staging / "results.json", record)
         np.savez_compressed(staging / "predictions.npz", **arrays)
         markdown = results.write_table(staging, rows, table_columns(rows), preface=preface)
+        pd.DataFrame(curve_rows(seed_rows)).to_csv(staging / "curves.csv", index=False)
     write_report([target], target)
     return markdown
 
@@ -187,7 +213,21 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
     run_name = spec.run_name() + (f".shard-{shard_index}-of-{shard_count}" if shard_count > 1 else "")
     seed_rows: list[dict] = []
     arrays = {"image_ids": val_set.image_ids, "visible": val_set.visible, "target_image": val_set.keypoints}
+    baselines = []
+    for size in dict.fromkeys(size for (_, size), _ in jobs):
+        baseline = mean_pose(train_set, val_set, size)
+        if baseline is None:
+            log.warning("no mean-pose baseline at %s: a keypoint is never labelled in the training crops",
+                        size_name(size))
+            continue
+        for array_name, array in baseline.pop("predictions").items():
+            arrays[f"{MEAN_POSE}_{size_name(size)}/{array_name}"] = array
+        baselines.append({"representation": MEAN_POSE, "input": size_name(size), "baseline": True, "seeds": [],
+                          **baseline})
     floors = {}
+    steps = steps_per_epoch(len(train_set), spec.train) * spec.train.epochs
+    # one bar for the whole job, so that its remaining time is the job's
+    bar = tqdm(total=steps * len(jobs), disable=not (spec.progress and context.is_main), unit="step")
     for (name, size), seed in jobs:
         representation = representations[name, size]
         if (name, size) not in floors:
@@ -195,7 +235,7 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
         log.info("training %s at %s, seed %d", name, size_name(size), seed)
         checkpoint = spec.checkpoint_dir / spec.run_name() / f"{name}_{size_name(size)}_seed{seed}.pt"
         row = run_one(representation, train_set, val_set, spec.train, device, seed, checkpoint,
-                      spec.resume, spec.progress, context)
+                      spec.resume, spec.progress, context, bar)
         if row is None:  # not rank 0
             continue
         for array_name, array in row.pop("predictions").items():
@@ -203,6 +243,7 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
         out_h, out_w = representation.output_size()
         seed_rows.append({"representation": name, "input": size_name(size), "output": f"{out_h}x{out_w}",
                           "or_ir": out_w / size[1], "floor_px": floors[name, size], **row})
+    bar.close()
     if not context.is_main:
         return None
     record = {
@@ -212,6 +253,8 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
                  "val_fraction": VAL_FRACTION, "oks_sigmas": dataset.sigma_note,
                  "flip_test": bool(spec.train.flip_test and dataset.flip_pairs)},
         "train": describe(spec.train),
+        "training_dtype": str(training_dtype(spec.train.precision, device)).removeprefix("torch."),
+        "baselines": baselines,
         "processes": context.world_size,
         "shard": f"{shard_index}/{shard_count}",
         "seeds": list(seeds),
@@ -281,8 +324,9 @@ def merge(directories: list[Path], target: Path) -> str:
             arrays.update({name: stored[name] for name in stored.files})
     sources = [source for record in records for source in _sources(record)]
     record = {key: value for key, value in records[0].items() if key not in ("rows", "seed_rows")}
+    baselines = {row["input"]: row for record in records for row in record.get("baselines", [])}
     record.update(run=target.name, shard=None, seeds=sorted({row["seed"] for row in seed_rows}),
-                  representations=representations, sources=sources,
+                  representations=representations, sources=sources, baselines=list(baselines.values()),
                   command=" ".join(["python -m heatbench merge", *map(str, directories), "--out", str(target)]),
                   git_commit=", ".join(dict.fromkeys(source["git_commit"] for source in sources)),
                   device=", ".join(dict.fromkeys(source["device"] for source in sources)))

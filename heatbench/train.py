@@ -20,6 +20,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from . import cost
-from .data import AugmentConfig, KeypointDataset, TopDownDataset
+from .data import AugmentConfig, KeypointDataset, TopDownDataset, invert_affine
 from .errors import HeatbenchError
 from .metrics import decoding_agreement, evaluate_predictions, mean_error
 from .models.pose_model import PoseModel
@@ -51,10 +52,37 @@ class TrainConfig:
     flip_test: bool = True      # applied only where the data set defines flip pairs
     num_workers: int = 0        # 0 keeps CPU runs bit-for-bit reproducible and avoids fork overhead on 90 frames
     log_every: int = 20
+    eval_every: int = 0         # validate every N epochs for the learning curves (0: only after the last epoch)
+    precision: str = "auto"     # training forward: auto (bf16 on CUDA and on CPUs with bf16 units), bf16, float32
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
             raise HeatbenchError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be >= 1")
+        if self.eval_every < 0:
+            raise HeatbenchError(f"eval every {self.eval_every} epochs: must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise HeatbenchError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+
+
+PRECISIONS = ("auto", "bf16", "float32")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware (AVX512-BF16 or AMX), where bf16 autocast
+    speeds training up instead of emulating it."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def training_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of the training forward: bf16 where asked for, or with ``auto`` on CUDA and on CPUs
+    with bf16 units; float32 otherwise. Evaluation always runs in float32."""
+    if precision == "bf16" or (precision == "auto" and (device.type == "cuda" or cpu_has_bf16())):
+        return torch.bfloat16
+    return torch.float32
 
 
 def resolve_device(name: str) -> torch.device:
@@ -155,9 +183,16 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def train(representation: Representation, model: PoseModel, train_set: KeypointDataset, config: TrainConfig,
           device: torch.device, seed: int, checkpoint: Path | None = None, resume: bool = False,
-          progress: bool = True, context: Distributed = Distributed()) -> tuple[float, list[float]]:
-    """Train in place; returns the training wall time in seconds and each epoch's mean loss, both over every
-    epoch, those done before a ``resume`` included (the checkpoint carries them)."""
+          progress: bool = True, context: Distributed = Distributed(),
+          validate: Callable[[], dict] | None = None, bar: tqdm | None = None
+          ) -> tuple[float, list[float], list[dict]]:
+    """Train in place; returns the training wall time in seconds (validation excluded), each epoch's mean loss
+    and the learning curve, all over every epoch, those done before a ``resume`` included (the checkpoint
+    carries them).
+
+    ``validate`` (called on every process, in eval mode, every ``config.eval_every`` epochs and after the last
+    one) returns the metrics of one point of the curve; each point also holds its epoch, optimizer step and
+    the epoch's training loss. ``bar`` is the job-wide progress bar, advanced once per optimizer step."""
     data = TopDownDataset(train_set, representation.input_size, train=True, augment=AugmentConfig(), seed=seed)
     if len(data) == 0:
         raise HeatbenchError(f"{train_set.source}: the training split is empty")
@@ -166,7 +201,7 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     milestones = sorted({max(1, round(f * config.epochs)) for f in config.lr_step_fractions})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_factor)
-    start_epoch, earlier_seconds, earlier_losses = 0, 0.0, []
+    start_epoch, earlier_seconds, earlier_losses, curve = 0, 0.0, [], []
     if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -175,6 +210,7 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"] + 1
         earlier_seconds, earlier_losses = state["train_seconds"], state["epoch_losses"]
+        curve = state.get("curve", [])
         log.info("resumed %s from %s at epoch %d", representation.name, checkpoint, start_epoch)
 
     on_cuda = device.type == "cuda"
@@ -185,9 +221,13 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
         if on_cuda:
             network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         network = DistributedDataParallel(network, device_ids=[device.index] if on_cuda else None)
-    started = time.perf_counter()
-    bar = tqdm(total=(config.epochs - start_epoch) * len(loader), disable=not (progress and context.is_main),
-               leave=False, desc=f"train {representation.name} {representation.input_size[0]}x{representation.input_size[1]}")
+    dtype = training_dtype(config.precision, device)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=(config.epochs - start_epoch) * len(loader), disable=not (progress and context.is_main),
+                   leave=False)
+    bar.set_description(f"train {representation.name} {representation.input_size[0]}x{representation.input_size[1]}")
+    started, validation_seconds = time.perf_counter(), 0.0
     running, steps_since_log = torch.zeros((), device=device), 0
     epoch_losses: list[torch.Tensor] = []
     for epoch in range(start_epoch, config.epochs):
@@ -198,7 +238,7 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
             images = sample.image.to(device, non_blocking=True, memory_format=memory_format)
             targets = representation.encode(sample.keypoints.to(device, non_blocking=True),
                                             sample.visible.to(device, non_blocking=True))
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on_cuda):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
                 loss = representation.loss(network(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -219,15 +259,27 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
             epoch_total /= context.world_size
         epoch_losses.append(epoch_total / len(loader))
         scheduler.step()
+        if validate is not None and ((epoch + 1) % max(config.eval_every, 1) == 0 and config.eval_every
+                                     or epoch + 1 == config.epochs):
+            validation_started = time.perf_counter()
+            model.eval()
+            point = {"epoch": epoch + 1, "step": (epoch + 1) * len(loader), "train_loss": float(epoch_losses[-1]),
+                     **validate()}
+            model.train()
+            curve.append(point)
+            validation_seconds += time.perf_counter() - validation_started
         if checkpoint is not None and context.is_main:
             _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                           "scheduler": scheduler.state_dict(), "epoch": epoch,
                                           "torch_rng": torch.get_rng_state(),
-                                          "train_seconds": earlier_seconds + time.perf_counter() - started,
+                                          "train_seconds": earlier_seconds + time.perf_counter() - started
+                                          - validation_seconds,
                                           "epoch_losses": earlier_losses + [float(loss) for loss in epoch_losses],
-                                          "meta": checkpoint_meta(representation, config)})
-    bar.close()
-    return earlier_seconds + time.perf_counter() - started, earlier_losses + [float(loss) for loss in epoch_losses]
+                                          "curve": curve, "meta": checkpoint_meta(representation, config)})
+    if own_bar:
+        bar.close()
+    seconds = earlier_seconds + time.perf_counter() - started - validation_seconds
+    return seconds, earlier_losses + [float(loss) for loss in epoch_losses], curve
 
 
 @torch.no_grad()
@@ -272,25 +324,51 @@ def predict(representation: Representation, model: PoseModel, dataset: KeypointD
     return arrays
 
 
+# The validation metrics each point of a learning curve records.
+CURVE_METRICS = ("mean_error_input_px", "mean_error_image_px", "pck@0.1")
+
+
+def steps_per_epoch(train_instances: int, config: TrainConfig) -> int:
+    return -(-train_instances // config.batch_size)
+
+
+def score_predictions(dataset: KeypointDataset, predictions: dict[str, np.ndarray]) -> dict[str, float]:
+    """Every metric of ``evaluate_predictions`` for the arrays ``predict`` returns."""
+    return evaluate_predictions(dataset, predictions["pred_image"], predictions["pred_input"],
+                                predictions["target_input"], predictions["scores"])
+
+
 def run_one(representation: Representation, train_set: KeypointDataset, val_set: KeypointDataset,
             config: TrainConfig, device: torch.device, seed: int, checkpoint: Path | None = None,
-            resume: bool = False, progress: bool = True, context: Distributed = Distributed()) -> dict | None:
+            resume: bool = False, progress: bool = True, context: Distributed = Distributed(),
+            bar: tqdm | None = None) -> dict | None:
     """Train and evaluate one representation x resolution x seed; rank 0 returns its row (metrics, costs)."""
     seed_everything(seed)
     model = build_model(representation, config)
-    train_seconds, epoch_losses = train(representation, model, train_set, config, device, seed, checkpoint,
-                                        resume, progress, context)
-    predictions = predict(representation, model, val_set, config, device, progress, context)
+    last: dict = {}
+
+    def validate() -> dict:
+        last["predictions"] = predict(representation, model, val_set, config, device, False, context)
+        if last["predictions"] is None:  # not rank 0
+            return {}
+        last["metrics"] = score_predictions(val_set, last["predictions"])
+        return {key: last["metrics"][key] for key in CURVE_METRICS}
+
+    train_seconds, epoch_losses, curve = train(representation, model, train_set, config, device, seed, checkpoint,
+                                               resume, progress, context, validate, bar)
+    if "predictions" not in last:  # resumed after the last epoch: nothing was validated in this process
+        validate()
     if not context.is_main:
         return None
-    metrics = evaluate_predictions(val_set, predictions["pred_image"], predictions["pred_input"],
-                                   predictions["target_input"], predictions["scores"])
+    predictions, metrics = last["predictions"], last["metrics"]
     inference = cost.measure_inference(representation, model, representation.input_size, device, batch=1)
     return {
         **_variant_row(representation, model, predictions, val_set.visible, device),
         "seed": seed,
         "train_seconds": train_seconds,
+        "train_steps": config.epochs * steps_per_epoch(len(train_set), config),
         "epoch_losses": epoch_losses,
+        "curve": curve,
         "processes": context.world_size,
         **cost.parameter_counts(model),
         "inference_gflops": inference["gflops_per_image"],
@@ -300,6 +378,34 @@ def run_one(representation: Representation, train_set: KeypointDataset, val_set:
         **metrics,
         "predictions": predictions,
     }
+
+
+MEAN_POSE = "mean pose"
+
+
+def mean_pose(train_set: KeypointDataset, val_set: KeypointDataset, input_size: tuple[int, int]) -> dict | None:
+    """The baseline that looks at no image: every validation instance predicted at the training set's mean
+    position of each keypoint in the (unaugmented) crop, with score 1. What a row that learned nothing
+    scores; its metrics have the keys of a trained row's. None when a keypoint is never labelled in the
+    training crops (no mean exists)."""
+    def crops(dataset: KeypointDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        data = TopDownDataset(dataset, input_size, train=False)
+        affines, keypoints, visible = zip(*(data.geometry(index) for index in range(len(data))))
+        return np.stack(affines), np.stack(keypoints), np.stack(visible)
+
+    _, train_keypoints, train_visible = crops(train_set)
+    counts = train_visible.sum(axis=0)  # (K,)
+    if not counts.all():
+        return None
+    mean = (train_keypoints * train_visible[..., None]).sum(axis=0) / counts[:, None]  # (K, 2) input px
+    affines, target_input, _ = crops(val_set)
+    pred_input = np.broadcast_to(mean, target_input.shape)
+    input_to_image = invert_affine(affines)
+    predictions = {"pred_input": pred_input, "target_input": target_input,
+                   "scores": np.ones(target_input.shape[:2]),
+                   "pred_image": np.einsum("nij,nkj->nki", input_to_image[:, :, :2], pred_input)
+                   + input_to_image[:, None, :, 2]}
+    return {**score_predictions(val_set, predictions), "predictions": predictions}
 
 
 def _variant_row(representation: Representation, model: PoseModel, predictions: dict[str, np.ndarray],

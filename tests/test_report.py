@@ -4,6 +4,7 @@ import re
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from heatbench.cli import main
@@ -11,7 +12,7 @@ from heatbench.errors import HeatbenchError
 from heatbench.report import FIGURES, REPORT, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RUN_FILES = ("results.json", "predictions.npz", "table.md", "table.csv")
+RUN_FILES = ("results.json", "predictions.npz", "table.md", "table.csv", "curves.csv")
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,8 @@ def run_dir(tmp_path_factory):
     from tests.conftest import MOUSE_MINI
 
     root = tmp_path_factory.mktemp("report")
-    argv = ["run", "--repr", "heatmap,simcc", "--res", "64", "--epochs", "1", "--seeds", "2", "--batch-size", "4",
+    argv = ["run", "--repr", "heatmap,simcc", "--res", "64", "--epochs", "2", "--eval-every", "1", "--seeds", "2",
+            "--batch-size", "4",
             "--data", str(MOUSE_MINI), "--out", str(root / "results"), "--name", "tiny",
             "--checkpoint-dir", str(root / "checkpoints"), "--quiet"]
     assert main(argv) == 0
@@ -56,26 +58,28 @@ def test_report_links_every_figure_relatively(report):
 
 def test_table_has_one_row_per_representation_and_input(report):
     rows = _table_rows(_section(report.read_text(), "Results"))
-    assert [(row[0], row[1]) for row in rows] == [("heatmap", "64x64"), ("simcc", "64x64")]
-    assert all("±" in row[3] for row in rows)  # two seeds: the mean error carries its spread
+    assert [(row[0], row[1]) for row in rows] == [("mean pose", "64x64"), ("heatmap", "64x64"), ("simcc", "64x64")]
+    assert all("±" in row[3] for row in rows[1:])  # two seeds: the mean error carries its spread
 
 
 def test_report_states_data_schedule_device_commit_and_command(run_dir, report):
     record = json.loads((run_dir / "results.json").read_text())
     provenance = _section(report.read_text(), "Where these numbers come from")
-    for fact in ("mirror_mouse_mini", "epochs 1", "batch 4", "lr 0.001", "ResNet-18", record["device"],
+    for fact in ("mirror_mouse_mini", "epochs 2", "batch 4", "lr 0.001", "ResNet-18", record["device"],
                  record["git_commit"], record["command"]):
         assert fact in provenance
 
 
 def test_paired_comparison_states_a_winner_only_when_the_interval_excludes_zero(report):
     rows = _table_rows(_section(report.read_text(), "Paired comparisons"))
-    assert len(rows) == 1 and rows[0][:3] == ["64x64", "heatmap", "simcc"]
-    low, high = map(float, re.fullmatch(r"\[(\S+), (\S+)\]", rows[0][4]).groups())
-    if low > 0 or high < 0:
-        assert "beats" in rows[0][6]
-    else:
-        assert rows[0][6] == "no significant difference"
+    assert [row[:3] for row in rows] == [["64x64", "mean pose", "heatmap"], ["64x64", "mean pose", "simcc"],
+                                         ["64x64", "heatmap", "simcc"]]  # every row also against the mean pose
+    for row in rows:
+        low, high = map(float, re.fullmatch(r"\[(\S+), (\S+)\]", row[4]).groups())
+        if low > 0 or high < 0:
+            assert "beats" in row[6]
+        else:
+            assert row[6] == "no significant difference"
 
 
 def test_report_into_the_run_directory_adds_files_and_keeps_the_run(run_dir, tmp_path):
@@ -92,9 +96,9 @@ def test_same_representation_in_two_runs_is_kept_twice_labelled_by_run(run_dir, 
     (again / "results.json").write_text(json.dumps({**record, "run": "again"}))
     markdown = write_report([run_dir, again], tmp_path / "both").read_text()
     labels = [row[0] for row in _table_rows(_section(markdown, "Results"))]
-    assert sorted(labels) == ["heatmap (again)", "heatmap (tiny)", "simcc (again)", "simcc (tiny)"]
+    assert sorted(labels) == ["heatmap (again)", "heatmap (tiny)", "mean pose", "simcc (again)", "simcc (tiny)"]
     comparisons = _table_rows(_section(markdown, "Paired comparisons"))
-    assert len(comparisons) == 6  # every pair of the four rows: same input, seeds and schedule
+    assert len(comparisons) == 6 + 4  # every pair of the four rows, and each of them against the one mean pose
     twins = [row for row in comparisons if {row[1], row[2]} == {"heatmap (tiny)", "heatmap (again)"}]
     assert twins[0][3:5] == ["+0", "[+0, +0]"] and twins[0][6] == "no significant difference"
 
@@ -130,3 +134,31 @@ def test_a_failed_report_leaves_no_files(run_dir, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_report([run], run)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_rows_over_a_third_of_the_mean_pose_error_are_named_in_a_warning_above_the_table(run_dir, tmp_path):
+    record = json.loads((run_dir / "results.json").read_text())
+    ratios = {row["representation"]: row["vs_mean_pose"] for row in record["rows"]}
+    assert ratios["mean pose"] == 1
+    assert all(ratio > 1 / 3 for name, ratio in ratios.items())  # two epochs on 8 frames learn nothing
+    results = _section(write_report([run_dir], tmp_path / "as-run").read_text(), "Results")
+    warning = results.split("|", 1)[0]
+    assert "heatmap at 64x64" in warning and "simcc at 64x64" in warning and "mean pose at" not in warning
+    learned = shutil.copytree(run_dir, tmp_path / "learned")
+    for row in record["rows"]:
+        if row["representation"] == "heatmap":
+            row["vs_mean_pose"] = 0.2
+    (learned / "results.json").write_text(json.dumps(record))
+    warning = _section(write_report([learned], tmp_path / "edited").read_text(), "Results").split("|", 1)[0]
+    assert "simcc at 64x64" in warning and "heatmap" not in warning
+
+
+def test_learning_curves_hold_one_point_per_validation_for_every_seed(run_dir):
+    curves = pd.read_csv(run_dir / "curves.csv")
+    assert sorted(set(curves["representation"])) == ["heatmap", "simcc"]
+    per_run = curves.groupby(["representation", "seed"])
+    assert (per_run.size() == 2).all()  # --epochs 2 --eval-every 1
+    assert (curves["step"] == curves["epoch"] * curves["step"].min()).all()  # steps per epoch, counted on
+    table = pd.read_csv(run_dir / "table.csv").set_index("representation")
+    last = curves[curves["epoch"] == 2].groupby("representation")["mean_error_input_px"].mean()
+    assert np.allclose(last, table.loc[last.index, "mean_error_input_px"])  # the last point is the table's row

@@ -190,11 +190,12 @@ class TopDownDataset(torch.utils.data.Dataset):
         rotation = min(max(config.rotation * normal[1], -2 * config.rotation), 2 * config.rotation)
         return flip, scale, rotation if uniform[1] < config.rotation_prob else 0.0
 
-    def __getitem__(self, index: int) -> Sample:
+    def geometry(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Instance ``index``'s (2, 3) image-to-input affine, (K, 2) input keypoints (0 where not visible) and
+        (K,) bool visibility (labelled and inside the input), with this epoch's augmentation: the sample
+        without its image."""
         flip, scale, rotation = self._draw(index) if self.augment is not None else (False, 1.0, 0.0)
         affine = crop_affine(self._centres[index], self._sizes[index] * scale, self.input_size, rotation, flip)
-        image = warp_image(self._image(index).float() / 255, affine, self.input_size).expand(3, -1, -1)
-
         keypoints = apply_affine(affine, self.dataset.keypoints[index])  # (K, 2); NaN stays NaN
         visible = self.dataset.visible[index] > 0
         if flip:
@@ -202,7 +203,11 @@ class TopDownDataset(torch.utils.data.Dataset):
         height, width = self.input_size
         with np.errstate(invalid="ignore"):
             visible &= (keypoints >= 0).all(axis=-1) & (keypoints[:, 0] < width) & (keypoints[:, 1] < height)
-        return Sample(image=(image - self._mean) / self._std,
-                      keypoints=torch.from_numpy(np.where(visible[:, None], keypoints, 0.0)).float(),
+        return affine, np.where(visible[:, None], keypoints, 0.0), visible
+
+    def __getitem__(self, index: int) -> Sample:
+        affine, keypoints, visible = self.geometry(index)
+        image = warp_image(self._image(index).float() / 255, affine, self.input_size).expand(3, -1, -1)
+        return Sample(image=(image - self._mean) / self._std, keypoints=torch.from_numpy(keypoints).float(),
                       visible=torch.from_numpy(visible).float(), index=index,
                       affine=torch.from_numpy(invert_affine(affine)).float())

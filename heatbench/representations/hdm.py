@@ -17,7 +17,8 @@ Paper: Qu, Xu, Cai, Foo, Liu, "Heatmap Distribution Matching for Human Pose Esti
 is public and only abstract-level summaries were read (methods.md §6): the paper casts heatmap learning as
 matching the predicted heatmap (suppliers) to the dot annotation (demanders) by the EMD, drops the Gaussian
 target, and contrasts naive with sub-pixel demanders. Everything else here is ours:
-- the normalisation (softmax over the map, not ReLU + sum), and the 1x1 conv head on the shared features;
+- the normalisation (softmax over the map, not ReLU + sum), and the 1x1 conv head on the shared features,
+  initialised as the heatmap head it replaces in a top-down model (N(0, 0.001), bias 0);
 - the ground cost: the plain Euclidean distance in cells, the EMD's (Wasserstein-1) own, which makes the
   naive mode the closed form above and keeps both modes on one scale; a squared cost would be W2², whose
   minimiser and gradients differ (methods.md's "ε ≈ 0.05 px²" presumes it; our ε is in cells, the unit of
@@ -37,7 +38,7 @@ target, and contrasts naive with sub-pixel demanders. Everything else here is ou
 - masking: the per-keypoint EMD times the weight (0 for unlabelled, non-finite and outside-the-input
   keypoints, [0, W] x [0, H]), averaged over B·K keypoints as mmpose averages its heatmap losses.
 
-Coordinates: cell (i, j) is centred at canonical ((i + ½)·s, (j + ½)·s) (the lead's grid); the shared
+Coordinates: cell (i, j) is centred at canonical ((i + ½)·s, (j + ½)·s) (ours); the shared
 decoders return index units (cell i at i), converted by x = (i + ½)·s.
 
 Decoding (ours): on p, by ``decoder``. ``local_mean`` (the default) is the mean of p over the 3 x 3 cells

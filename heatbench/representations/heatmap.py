@@ -3,7 +3,9 @@
 Method. Each keypoint gets an (h, w) map at output stride s holding a Gaussian of std ``sigma`` cells with
 peak 1 (SimpleBaseline, Xiao et al., ECCV 2018, https://arxiv.org/abs/1804.06208; HRNet, Sun et al., CVPR
 2019, https://arxiv.org/abs/1902.09212). The head is HRNet's final layer, a 1x1 conv on the shared stride-s
-features (the SimpleBaseline deconvolutions are the shared neck). The loss is ``JointsMSELoss``,
+features (the SimpleBaseline deconvolutions are the shared neck), drawn from N(0, 0.001) with bias 0 as both
+codes' ``init_weights`` (``lib/models/pose_resnet.py`` of microsoft/human-pose-estimation.pytorch,
+``lib/models/pose_hrnet.py`` of leoxiaobin/deep-high-resolution-net.pytorch). The loss is ``JointsMSELoss``,
 1/2 * mean over batch, joints and cells of (w_k P - w_k G)^2, with w_k the keypoint's weight. Decoding is
 any decoder of ``heatbench.decoders`` (argmax, quarter offset, DARK, UDP-DARK), in cell units, followed by
 the encoding's own map back to canonical input pixels; the score is the decoder's.
@@ -17,7 +19,7 @@ The weight is 0 for unlabelled or non-finite keypoints and where no cell of the 
 the centre (round(u), or u for ``unbiased``) on both axes; such maps are all zero. (Ours: mmpose's integer
 version of this test lets a window that ends one cell before the left or top edge through.)
 
-Grids, canonical x <-> cell units u (the lead's decision, ours):
+Grids, canonical x <-> cell units u (ours):
 - ``msra`` and ``unbiased``: cell i is centred at canonical (i + 0.5) s, u = x / s - 0.5. The classic MSRA
   grid u = x_pc / s (cell i at canonical i s + 0.5) belongs with the ``warpAffine`` crop, whose half-pixel
   placement bias it partly absorbs and whose flip test then needs ``shift_heatmap`` (methods.md §0, §1);

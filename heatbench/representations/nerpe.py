@@ -64,7 +64,7 @@ from torch import nn
 
 from .. import ops
 from ..decoders.argmax import max_last
-from ..representation import FlipPairs, Representation
+from ..representation import FlipPairs, Representation, init_head_
 
 Sampling = Literal["uniform", "random"]
 Target = Literal["gaussian", "laplace"]
@@ -188,8 +188,15 @@ def _conv_bn_relu(conv: nn.Module, channels: int) -> list[nn.Module]:
 
 
 def build_neck(in_channels: int, channels: int, in_size: tuple[int, int], grid: tuple[int, int]) -> nn.Sequential:
-    """3x3 conv to C + BN + ReLU, zoom from ``in_size`` (h, w) to ``grid`` (n_h, n_w), then a 1x1 conv."""
+    """3x3 conv to C + BN + ReLU, zoom from ``in_size`` (h, w) to ``grid`` (n_h, n_w), then a 1x1 conv.
+
+    Init as the release: the 3x3 conv and its BN belong to the backbone there (``final_layers`` of
+    ``lib/models/pose_resnet.py``), whose ``init_weights`` draws convs from N(0, 0.001) and sets BN to 1 and 0;
+    the zoom (``FeatZoomModule`` in ``lib/models/cohr_net.py``) and the query MLP are never re-initialised
+    (``ImplicitPoseEstNet.init_weights`` only calls the backbone's), so they keep PyTorch's default init.
+    """
     layers = _conv_bn_relu(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), channels)
+    init_head_(nn.Sequential(*layers))
     (h, w), (n_h, n_w) = in_size, grid
     while h >= 2 * n_h and w >= 2 * n_w:
         layers += _conv_bn_relu(nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False), channels)

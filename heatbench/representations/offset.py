@@ -23,7 +23,7 @@ so the quantisation of the argmax is undone by regression instead of by a Taylor
 Coordinates: canonical input pixels at the boundary; inside, each variant uses its own map grid and converts
 back in ``decode`` (conventions.md). ``udp_combined`` uses UDP's grid, u = x_pc·(w - 1)/(W - 1) with the
 pixel-centre coordinate x_pc = x - 0.5 (back: x = u·(W - 1)/(w - 1) + 0.5); ``centernet`` uses the
-project's grid, cell i centred at canonical x = (i + 0.5)·s, u = x/s - 0.5 (the lead's grid decision:
+project's grid, cell i centred at canonical x = (i + 0.5)·s, u = x/s - 0.5 (ours:
 heatbench's crop is exact in canonical coordinates, so the classic u = x_pc/s grid that compensates
 warpAffine's half-pixel bias is not needed). On both grids a horizontal flip is an exact column reversal.
 
@@ -35,23 +35,25 @@ Choices the papers leave open (ours):
 - ``centernet`` trains the map with the MSE of §1 (½·mean((w·P - w·G)²)), not CenterNet's penalty-reduced
   focal loss on sigmoid outputs, so that it differs from the ``heatmap`` baseline only by the offset. The
   offset loss weight is CenterNet's λ_off = 1.
-- Both variants' offset *targets* and ideal outputs are dense, (u - i) at every cell (mmpose's UDP target is
-  dense already; CenterNet's is its value at the peak, extended to the linear field it samples). Only the
-  disk (``udp_combined``) or the peak cell (``centernet``) is supervised, but a dense ideal output makes
-  decode(ideal) exact wherever the argmax lands, including the ties of a flip-merged map.
-- The decode blur keeps mmpose's size at every resolution (its configs all have 64x48 maps). Smaller maps
-  make it wide: 23 taps of σ 3.8 cells on the 16x16 map of a 64x64 input, where the reflect-101 border pulls
-  the peak towards the edges. Measured on the default data's validation crops, the argmax of the blurred
-  ideal disk alone lies 9.8 px from the keypoint on average, against 2.2 px unblurred and 1.9 px with
-  ``blur_kernel=3``. The dense ideal offsets hide this in the codec floor; a trained network's offsets off
-  the disk are unsupervised and do not. ``blur_kernel`` is a config field for that study.
+- Both variants' offset *targets* are dense, (u - i) at every cell (mmpose's UDP target is dense already;
+  CenterNet's is its value at the peak, extended to the linear field it samples), but only the disk
+  (``udp_combined``) or the peak cell (``centernet``) is supervised. The ideal outputs are what a network at
+  zero loss emits: offsets on the supervised cells and 0 elsewhere, so the codec floor shows any decode
+  whose argmax leaves the supervised cells.
+- The decode blur scales with the map (ours): mmpose's ``blur_kernel_size`` = 11 is sized for the 64x48 maps
+  of its 256x192 configs, and ``default_config`` keeps its ratio to the long side, round(11 L / 64) for L
+  cells (3 at 16x16, 6 at 32x32). Unscaled, its 23 taps of σ 3.8 cells on a 16x16 map pull the peak off the
+  0.875-cell disk towards the reflect-101 border, where no offset is supervised.
 - A keypoint whose class map misses the output map (no disk cell, or a Gaussian window outside it) gets
   weight 0, as MSRA's window rule; mmpose's combined encoder keeps it.
 - The head is a 1x1 convolution to 3K channels (class, x offset, y offset per keypoint) on the shared
-  stride-4 features, HRNet's final layer, with PyTorch's default initialisation like the ``heatmap`` head.
+  stride-4 features, HRNet's final layer, initialised N(0, 0.001) with bias 0 as mmpose's ``HeatmapHead``
+  (``mmpose/models/heads/heatmap_heads/heatmap_head.py``, ``default_init_cfg``), which the combined
+  config's head is.
 
 Defaults: ``udp_combined``, stride 4, radius_factor 0.0546875 (mmpose; 3.5 px on a 64-px map, 0.875 px on the
-16-px map of a 64x64 input), blur_kernel 11 (mmpose's ``blur_kernel_size``). ``centernet``'s σ follows the
+16-px map of a 64x64 input), blur_kernel round(11 L / 64) for a map of long side L (11 at 256x192, mmpose's
+``blur_kernel_size``). ``centernet``'s σ follows the
 §1 heatmap table through ``ops.heatmap_sigma`` (64x64 and 128x128 -> 1, 256x192 and 256x256 -> 2, 384x288 -> 3
 map px, and the same rule elsewhere, as the ``heatmap`` representation).
 """
@@ -66,9 +68,13 @@ from torch import nn
 
 from .. import ops
 from ..decoders.argmax import argmax_2d, take_2d
-from ..representation import FlipPairs, Representation, check_feature_stride
+from ..representation import FlipPairs, Representation, check_feature_stride, init_head_
 
 Variant = Literal["udp_combined", "centernet"]
+
+# mmpose's UDPHeatmap ``blur_kernel_size`` and the long side of the maps its configs use it on (256x192 inputs)
+_MMPOSE_BLUR_KERNEL = 11
+_MMPOSE_MAP_LONG_SIDE = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +115,7 @@ class OffsetHead(nn.Module):
 
     def __init__(self, in_channels: int, num_keypoints: int):
         super().__init__()
-        self.final_layer = nn.Conv2d(in_channels, 3 * num_keypoints, kernel_size=1)
+        self.final_layer = init_head_(nn.Conv2d(in_channels, 3 * num_keypoints, kernel_size=1))
 
     def forward(self, features: torch.Tensor) -> OffsetOutputs:
         maps = self.final_layer(features)
@@ -122,8 +128,8 @@ class Offset(Representation):
 
     config_class: ClassVar[type] = OffsetConfig
     floor_variants: ClassVar[tuple[str, ...]] = ("variant",)
-    # Both variants decode the ideal outputs exactly: the argmax cell i plus the dense offset (u - i) is u
-    # wherever the argmax lands. What remains is float32 rounding of a few operations on map coordinates
+    # Both variants decode the ideal outputs exactly in the interior: the argmax cell i lies on the supervised
+    # cells, where i plus the offset (u - i) is u. What remains is float32 rounding of a few operations on map coordinates
     # below 100 and input coordinates below 10^3 px (an ulp of 6e-5 px there); 1e-3 px leaves a wide margin.
     floor_tolerance_px: ClassVar[float] = 1e-3
 
@@ -148,7 +154,11 @@ class Offset(Representation):
 
     @classmethod
     def default_config(cls, input_size: tuple[int, int]) -> OffsetConfig:
-        return OffsetConfig(sigma=ops.heatmap_sigma(input_size, OffsetConfig.stride))
+        """σ per input size (``ops.heatmap_sigma``) and the decode blur scaled with the map: mmpose's 11 for the
+        64-cell long side of its 256x192 configs, round(11 L / 64) for a long side of L cells (ours)."""
+        long_side = max(input_size) // OffsetConfig.stride
+        return OffsetConfig(sigma=ops.heatmap_sigma(input_size, OffsetConfig.stride),
+                            blur_kernel=max(1, round(_MMPOSE_BLUR_KERNEL * long_side / _MMPOSE_MAP_LONG_SIDE)))
 
     def output_size(self) -> tuple[int, int]:
         height, width = self.input_size
@@ -224,6 +234,7 @@ class Offset(Representation):
         return OffsetOutputs(outputs.heatmaps.flip(-1)[:, perm], offsets * sign)
 
     def ideal_outputs(self, keypoints: torch.Tensor, visible: torch.Tensor) -> OffsetOutputs:
-        """The targets: class maps and dense offset maps."""
+        """What a network trained to zero loss emits: the class maps, and the offsets where the loss supervises
+        them (the disk or the peak cell); elsewhere the loss leaves them free, and they are 0 here."""
         targets = self.encode(keypoints, visible)
-        return OffsetOutputs(targets.heatmaps, targets.offsets)
+        return OffsetOutputs(targets.heatmaps, targets.offsets * targets.mask.unsqueeze(2))

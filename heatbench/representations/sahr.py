@@ -15,15 +15,16 @@ scaled target and the regulariser) and ``weight_adaptive`` (WAHR: W); with both 
 
 Top-down adaptation (methods.md §5's proposal): the MSRA Gaussian of §1 with its σ0 per input size instead
 of the bottom-up σ0 = 2; the α branch on the shared stride-4 features, as the code's ``conv_scale_layers``:
-1x1 conv C -> K, BN, ReLU, depthwise 9x9 conv (groups K, padding 4), no activation, its last conv
-zero-initialised as the code does so that training starts from α = 0 (Ĥ = H); the bottom-up ignore mask M
+1x1 conv C -> K, BN, ReLU, depthwise 9x9 conv (groups K, padding 4), no activation. Init as the code's
+``init_weights`` (``lib/models/pose_higher_hrnet.py``): every conv N(0, 0.001) with bias 0 and BN 1 and 0, then
+the branch's last conv zeroed, so that training starts from α = 0 (Ĥ = H); the bottom-up ignore mask M
 replaced by the per-keypoint weight; the regulariser masked to the 3σ window; decoding by a heatmap decoder.
 
-Coordinates: the project's grid (the lead's decision, as the ``heatmap`` representation): cell i centred at
+Coordinates: the project's grid (ours, as the ``heatmap`` representation): cell i centred at
 canonical x = (i + 0.5)·s, u = x/s - 0.5; decoders return cells, mapped back by x = (u + 0.5)·s. A flip is
-an exact column reversal of both maps. Encodings: ``msra`` (default, the proposal's "MSRA Gaussian"):
-centre round(u) = floor(u + 0.5), drawn on the cells within 3σ0 per axis; ``unbiased``: centre u, whole
-map, for a like-for-like comparison with the ``heatmap`` baseline's default. The weight is 0 for unlabelled
+an exact column reversal of both maps. Encodings: ``unbiased`` (default): centre u, whole map, the
+``heatmap`` baseline's default, so that SAHR against heatmap measures the adaptation alone (ours); ``msra``
+(the proposal's "MSRA Gaussian"): centre round(u) = floor(u + 0.5), drawn on the cells within 3σ0 per axis. The weight is 0 for unlabelled
 or non-finite keypoints and where the 3σ0 window misses the map.
 
 Choices the paper leaves open (ours):
@@ -42,7 +43,7 @@ Choices the paper leaves open (ours):
   to the UDP grid, which SAHR's Gaussian does not use. Head for the heatmaps: a 1x1 conv (HRNet's final
   layer), as the ``heatmap`` head.
 
-Defaults: ``scale_adaptive`` and ``weight_adaptive`` on, ``encoding="msra"``, ``decoder="dark"``, stride 4,
+Defaults: ``scale_adaptive`` and ``weight_adaptive`` on, ``encoding="unbiased"``, ``decoder="dark"``, stride 4,
 γ = 0.01, λ_reg = 1, σ0 per input size through ``ops.heatmap_sigma`` (64x64, 128x128 -> 1; 256x192 -> 2).
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ from torch import nn
 
 from .. import ops
 from ..decoders import get_decoder
-from ..representation import FlipPairs, Representation, check_feature_stride
+from ..representation import FlipPairs, Representation, check_feature_stride, init_head_
 
 Encoding = Literal["msra", "unbiased"]
 DecoderName = Literal["argmax", "quarter_offset", "dark"]
@@ -71,7 +72,7 @@ _FLOAT_SLACK_PX = 1e-3  # float32 rounding of coordinates below 10^3 px, with ro
 class SAHRConfig:
     scale_adaptive: bool = True     # SAHR: α branch, target H^(1+α) (2nd-order Taylor), α regulariser
     weight_adaptive: bool = True    # WAHR: per-pixel weight H^γ|1 - P| + (1 - H^γ)|P|
-    encoding: Encoding = "msra"
+    encoding: Encoding = "unbiased"
     decoder: DecoderName = "dark"
     sigma: float = 2.0              # σ0 in heatmap cells (per input size: ops.heatmap_sigma)
     stride: int = 4                 # input px per heatmap cell; must equal the feature stride
@@ -113,18 +114,18 @@ class SAHRHead(nn.Module):
 
     def __init__(self, in_channels: int, num_keypoints: int, scale_adaptive: bool):
         super().__init__()
-        self.final_layer = nn.Conv2d(in_channels, num_keypoints, kernel_size=1)
+        self.final_layer = init_head_(nn.Conv2d(in_channels, num_keypoints, kernel_size=1))
         self.alpha_branch = None
         if scale_adaptive:
             depthwise = nn.Conv2d(num_keypoints, num_keypoints, kernel_size=9, padding=4, groups=num_keypoints)
-            nn.init.zeros_(depthwise.weight)  # α = 0 at the start, as the code's init_weights
-            nn.init.zeros_(depthwise.bias)
-            self.alpha_branch = nn.Sequential(
+            self.alpha_branch = init_head_(nn.Sequential(
                 nn.Conv2d(in_channels, num_keypoints, kernel_size=1),
                 nn.BatchNorm2d(num_keypoints),
                 nn.ReLU(inplace=True),
                 depthwise,
-            )
+            ))
+            nn.init.zeros_(depthwise.weight)  # α = 0 at the start, as the code's init_weights
+            nn.init.zeros_(depthwise.bias)
 
     def forward(self, features: torch.Tensor) -> SAHROutputs:
         alpha = None if self.alpha_branch is None else self.alpha_branch(features)

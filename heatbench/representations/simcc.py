@@ -9,7 +9,7 @@ one-hot bin with uniform label smoothing ("SimDR", loss ``NMTCritierion``) or a 
 Paper: Li et al., "SimCC: a Simple Coordinate Classification Perspective for Human Pose Estimation",
 ECCV 2022, https://arxiv.org/abs/2107.03332; code github.com/leeyegy/SimCC ("the repo" below).
 
-Coordinates (ours, the lead's decision): bin i covers canonical [i/k, (i+1)/k) and is centred at (i + 0.5)/k.
+Coordinates (ours): bin i covers canonical [i/k, (i+1)/k) and is centred at (i + 0.5)/k.
 The repo maps bin i to pixel-centre coordinate i/k, i.e. canonical i/k + 0.5: its bin grid sits (k - 1)/(2k) px
 to the right of ours. The offset moves the quantisation grid, not its spacing, so it changes no accuracy, and
 ours makes the horizontal flip an exact reversal of the x vector for any k (the repo's one-bin
@@ -33,13 +33,20 @@ validation and mmpose (the repo's one-hot validation takes the max; we use one r
 Flip test: the x logits reversed and the pairs swapped; the merge averages logits for Gaussian labels and
 probabilities for one-hot labels, as the repo does for each.
 
-Defaults per input (H, W), from the repo's experiment configs and mmpose's: 64x64 one-hot k=3, ε=0.1; 128x128
-one-hot k=2, ε=0.1 (the HRNet config; the paper's ResNet-50 used k=3, ε=0.2: we take the HRNet one because it
-is the configuration of the paper's headline numbers at that size and keeps k=2 from 128 px up, ours);
-256x192 Gaussian k=2, σ=6 (mmpose; the repo's HRNet-W48 config has σ=4); 256x256 Gaussian k=2, σ=6, ε=0.2;
-384x288 Gaussian k=2, σ=6 (the ResNet row). No σ is published for 64x64 or 128x128: ours scales mmpose's
-3 px at 192 px width with the input, σ = 1 px (3 bins) at 64 and 2 px (4 bins) at 128. Other sizes take the
-dataclass defaults, mmpose's SimCC codec (Gaussian, k=2, σ=6).
+Head and init: the repo's ``PoseResNet`` (``lib/models/pose_resnet.py``): a 1x1 ``final_layer`` to K maps,
+initialised N(0, 0.001) with bias 0 in ``init_weights``, then ``mlp_head_x`` / ``mlp_head_y``, which
+``init_weights`` never touches, so they keep PyTorch's default ``nn.Linear`` init; we follow the repo (mmpose's
+``SimCCHead`` draws them from N(0, 0.01) instead).
+
+Defaults per input (H, W). heatbench's backbone is a ResNet with SimpleBaseline's deconvolutions, so the
+64x64 and 128x128 defaults are the repo's ResNet-50 SimDR configs
+(``experiments/coco/resnet/simdr/original/nmt_res50_{64x64,128x128}_d256x3_adam_lr1e-3_split_3_deconv3.yaml``):
+one-hot, k=3, ε=0.1 (the configs leave ``LABEL_SMOOTHING`` at ``lib/config/default.py``'s 0.1). From 256x192
+up the label switches to the Gaussian: 256x192 Gaussian k=2, σ=6 (mmpose's
+``simcc_res50_8xb64-210e_coco-256x192.py``; the repo's HRNet-W48 config has σ=4); 256x256 Gaussian k=2, σ=6,
+ε=0.2; 384x288 Gaussian k=2, σ=6 (the ResNet row). ``sigma`` at 64x64 and 128x128 only sizes the optional
+1-D DARK blur (ours: 1 px, 3 bins, at 64 and 4/3 px, 4 bins, at 128, mmpose's 3 px at 192 px width scaled
+with the input). Other sizes take the dataclass defaults, mmpose's SimCC codec (Gaussian, k=2, σ=6).
 """
 from __future__ import annotations
 
@@ -53,7 +60,7 @@ from torch import nn
 from .. import ops
 from ..decoders.argmax import max_last
 from ..decoders.dark import dark_1d
-from ..representation import FlipPairs, Representation, is_finite_number, zip_tensors
+from ..representation import FlipPairs, Representation, init_head_, is_finite_number, zip_tensors
 
 Label = Literal["gaussian", "onehot"]
 _LABELS = get_args(Label)
@@ -84,7 +91,7 @@ class SimCCConfig:
 # (H, W) -> the paper's configuration at that input size; see the module docstring for the sources.
 _DEFAULTS: dict[tuple[int, int], SimCCConfig] = {
     (64, 64): SimCCConfig(label="onehot", split_ratio=3.0, sigma=3.0, label_smoothing=0.1),
-    (128, 128): SimCCConfig(label="onehot", split_ratio=2.0, sigma=4.0, label_smoothing=0.1),
+    (128, 128): SimCCConfig(label="onehot", split_ratio=3.0, sigma=4.0, label_smoothing=0.1),
     (256, 192): SimCCConfig(label="gaussian", split_ratio=2.0, sigma=6.0),
     (256, 256): SimCCConfig(label="gaussian", split_ratio=2.0, sigma=6.0, label_smoothing=0.2),
     (384, 288): SimCCConfig(label="gaussian", split_ratio=2.0, sigma=6.0),
@@ -109,7 +116,7 @@ class SimCCHead(nn.Module):
         super().__init__()
         feature_height, feature_width = feature_size
         bins_y, bins_x = bins
-        self.final_layer = nn.Conv2d(in_channels, num_keypoints, kernel_size=1)
+        self.final_layer = init_head_(nn.Conv2d(in_channels, num_keypoints, kernel_size=1))
         self.x_linear = nn.Linear(feature_height * feature_width, bins_x)
         self.y_linear = nn.Linear(feature_height * feature_width, bins_y)
 

@@ -1,6 +1,9 @@
 """Soft-argmax (integral) regression: IPR, DSNT and the debiased soft-argmax, one module, three ``variant``s.
 
-Method. The head emits one logit map z (B, K, h, w) per keypoint at stride s. A softmax of sharpness β turns
+Method. The head emits one logit map z (B, K, h, w) per keypoint at stride s, from a 1x1 conv initialised
+N(0, 0.001) with bias 0: mmpose's ``IntegralRegressionHead`` builds its deconvolutions and final conv as a
+nested ``HeatmapHead``, whose ``default_init_cfg`` this is (``mmpose/models/heads/regression_heads/
+integral_regression_head.py``). A softmax of sharpness β turns
 it into a distribution over the cells, p = softmax(β z) over all h·w of them, and the keypoint is the
 expectation mu = sum p·X over the cell centres X: a differentiable argmax, supervised on coordinates alone.
 - ``ipr``: Sun et al., "Integral Human Pose Regression", ECCV 2018, https://arxiv.org/abs/1711.08229, as
@@ -31,7 +34,7 @@ no mass above its background and mu_f is undefined; a is clamped there (ours), w
 map widths of the centre and its gradient finite.
 
 Coordinates: cell (i, j) is centred at canonical ((i + ½)·s, (j + ½)·s), i.e. (i + ½) / w in normalised
-units, the pixel-centre-correct grid (ours: the lead's decision). mmpose's linspace i / w is the MSRA
+units, the pixel-centre-correct grid (ours). mmpose's linspace i / w is the MSRA
 u = x / s: it reads cell i as pixel-centre coordinate i·s, canonical i·s + ½, (s - 1) / 2 px up and left of
 the cell's centre, a shift the network has to learn and its flip test has to undo (``shift_coords``).
 A soft-argmax cannot leave the hull of the cell centres, [s/2, W - s/2] x [s/2, H - s/2], so keypoints in the
