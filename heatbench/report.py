@@ -381,7 +381,8 @@ def _provenance(runs: list[RunDir]) -> str:
             "split": f"{data['val_fraction']:.0%} val, seed {data['split_seed']}",
             "backbone": f"ResNet-{train['backbone_depth']}, "
                         + (f"initialised from {train['pretrained']}" if train["pretrained"] else "from scratch"),
-            "schedule": f"epochs {train['epochs']}, batch {train['batch_size']}, Adam lr {train['lr']:g}",
+            "schedule": f"epochs {train['epochs']}{_steps(run.record)}, batch {train['batch_size']}, Adam lr "
+                        f"{train['lr']:g}, {run.record.get('training_dtype', 'float32')} training forward",
             "seeds": ", ".join(map(str, run.record["seeds"])),
             "flip test": "yes" if data["flip_test"] else "no",
             "device": run.record["device"],
@@ -389,6 +390,12 @@ def _provenance(runs: list[RunDir]) -> str:
         })
     commands = "\n".join(f"- {run.label}: {made_by(run.record)}" for run in runs)
     return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) + f"\n\n{commands}\n"
+
+
+def _steps(record: dict) -> str:
+    """" (N optimizer steps)" from the record's rows, or "" where they do not say."""
+    steps = {row["train_steps"] for row in record.get("seed_rows", []) if "train_steps" in row}
+    return f" ({', '.join(map(str, sorted(steps)))} optimizer steps)" if steps else ""
 
 
 def made_by(record: dict) -> str:

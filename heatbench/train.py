@@ -35,14 +35,14 @@ from .errors import HeatbenchError
 from .metrics import decoding_agreement, evaluate_predictions, mean_error
 from .models.pose_model import PoseModel
 from .models.resnet import build_backbone
-from .representation import Representation
+from .representation import Representation, map_tensors
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 600           # 3,000 steps on the default data's 72 training frames at batch 16; README: the trade-off
+    epochs: int = 600           # 3,000 steps on the default data's 72 training frames at batch 16 (README)
     batch_size: int = 16
     lr: float = 1e-3            # Adam, as SimpleBaseline / HRNet / SimCC / NerPE
     lr_step_fractions: tuple[float, ...] = (90 / 140, 120 / 140)  # SimpleBaseline's steps at 90 and 120 of 140
@@ -83,6 +83,14 @@ def training_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "bf16" or (precision == "auto" and (device.type == "cuda" or cpu_has_bf16())):
         return torch.bfloat16
     return torch.float32
+
+
+def float32_outputs(outputs):
+    """Tensor outputs (a tensor or a tuple of them) in float32, so that a loss's softmax, log-sum-exp or
+    Sinkhorn iterations never run in bf16: CPU autocast keeps those ops in their input's dtype, where CUDA's
+    promotes them. Other outputs (NerPE's field, whose loss runs the query MLP) are passed on as they are;
+    their loss casts what it needs."""
+    return map_tensors(torch.Tensor.float, outputs) if isinstance(outputs, (torch.Tensor, tuple)) else outputs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -239,7 +247,7 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
             targets = representation.encode(sample.keypoints.to(device, non_blocking=True),
                                             sample.visible.to(device, non_blocking=True))
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                loss = representation.loss(network(images), targets)
+                loss = representation.loss(float32_outputs(network(images)), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

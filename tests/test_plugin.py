@@ -37,5 +37,5 @@ def test_installed_plugin_runs_through_the_main_job(plugin_env, tmp_path, mouse_
                           "--name", "plugin", "--checkpoint-dir", str(tmp_path / "ck"), "--quiet")
     assert finished.returncode == 0, finished.stderr
     table = pd.read_csv(tmp_path / "plugin" / "table.csv")
-    assert list(table["representation"]) == ["regression"]
+    assert list(table["representation"]) == ["mean pose", "regression"]
     assert table["mean_error_input_px"].notna().all()

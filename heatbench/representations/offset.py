@@ -44,6 +44,9 @@ Choices the papers leave open (ours):
   of its 256x192 configs, and ``default_config`` keeps its ratio to the long side, round(11 L / 64) for L
   cells (3 at 16x16, 6 at 32x32). Unscaled, its 23 taps of σ 3.8 cells on a 16x16 map pull the peak off the
   0.875-cell disk towards the reflect-101 border, where no offset is supervised.
+- The disk radius is at least 0.75 cells: mmpose's r = 0.0546875·max(w, h) falls below sqrt(2)/2 cells on
+  maps under 13 cells (the 8x8 maps of a 32x32 input), where a keypoint far from every cell centre would have
+  no disk cell and so no supervision at all; from 16x16 maps up the rule is mmpose's unchanged.
 - A keypoint whose class map misses the output map (no disk cell, or a Gaussian window outside it) gets
   weight 0, as MSRA's window rule; mmpose's combined encoder keeps it.
 - The head is a 1x1 convolution to 3K channels (class, x offset, y offset per keypoint) on the shared
@@ -72,6 +75,9 @@ from ..representation import FlipPairs, Representation, check_feature_stride, in
 
 Variant = Literal["udp_combined", "centernet"]
 
+# Every point lies within sqrt(2)/2 cells of a cell centre: a disk of at least this radius holds a cell for
+# every keypoint on the map, so none goes unsupervised (ours; mmpose's rule gives 0.44 cells on 8x8 maps).
+_MIN_RADIUS_CELLS = 0.75
 # mmpose's UDPHeatmap ``blur_kernel_size`` and the long side of the maps its configs use it on (256x192 inputs)
 _MMPOSE_BLUR_KERNEL = 11
 _MMPOSE_MAP_LONG_SIDE = 64
@@ -129,8 +135,8 @@ class Offset(Representation):
     config_class: ClassVar[type] = OffsetConfig
     floor_variants: ClassVar[tuple[str, ...]] = ("variant",)
     # Both variants decode the ideal outputs exactly in the interior: the argmax cell i lies on the supervised
-    # cells, where i plus the offset (u - i) is u. What remains is float32 rounding of a few operations on map coordinates
-    # below 100 and input coordinates below 10^3 px (an ulp of 6e-5 px there); 1e-3 px leaves a wide margin.
+    # cells, where i plus the offset (u - i) is u. What remains is float32 rounding of a few operations on map
+    # coordinates below 100 and input coordinates below 10^3 px (an ulp of 6e-5 px there); 1e-3 px leaves room.
     floor_tolerance_px: ClassVar[float] = 1e-3
 
     def __init__(self, config: OffsetConfig, input_size: tuple[int, int], num_keypoints: int):
@@ -146,7 +152,7 @@ class Offset(Representation):
         if config.variant == "udp_combined":
             self._origin = (0.5, 0.5)
             self._scale = ((map_width - 1) / (width - 1), (map_height - 1) / (height - 1))
-            self._offset_unit = config.radius_factor * max(map_width, map_height)  # r, map px
+            self._offset_unit = max(config.radius_factor * max(map_width, map_height), _MIN_RADIUS_CELLS)  # r, cells
         else:
             self._origin = (stride / 2, stride / 2)
             self._scale = (1 / stride, 1 / stride)

@@ -24,8 +24,8 @@ Coordinates: the project's grid (ours, as the ``heatmap`` representation): cell 
 canonical x = (i + 0.5)·s, u = x/s - 0.5; decoders return cells, mapped back by x = (u + 0.5)·s. A flip is
 an exact column reversal of both maps. Encodings: ``unbiased`` (default): centre u, whole map, the
 ``heatmap`` baseline's default, so that SAHR against heatmap measures the adaptation alone (ours); ``msra``
-(the proposal's "MSRA Gaussian"): centre round(u) = floor(u + 0.5), drawn on the cells within 3σ0 per axis. The weight is 0 for unlabelled
-or non-finite keypoints and where the 3σ0 window misses the map.
+(the proposal's "MSRA Gaussian"): centre round(u) = floor(u + 0.5), drawn on the cells within 3σ0 per axis.
+The weight is 0 for unlabelled or non-finite keypoints and where the 3σ0 window misses the map.
 
 Choices the paper leaves open (ours):
 - α is clamped to [-0.9, 1] in the target (methods.md's suggestion: the Taylor form holds only for small
