@@ -1,9 +1,11 @@
 """One training and evaluation harness for every representation, on CPU or CUDA through the same code.
 
-The device is chosen once; on CUDA the training forward runs under bf16 autocast with channels-last images,
-the data loader pins memory, and the loop keeps the running loss on the device (no ``.item()`` per step; it
-is read every ``log_every`` steps). Evaluation runs in float32 with the flip test when the data set defines
-flip pairs. A checkpoint is written after every epoch, and a run restarted with ``resume`` continues from it.
+The device is chosen once. The training forward runs under bf16 autocast on CUDA and on CPUs with bf16 units
+(``TrainConfig.precision``; each loss gets float32 outputs), with channels-last images on CUDA, where the data
+loader also pins memory; the loop keeps the running loss on the device (no ``.item()`` per step; it is read
+every ``log_every`` steps). Evaluation runs in float32 with the flip test when the data set defines flip
+pairs, every ``eval_every`` epochs for the learning curve and after the last. A checkpoint is written after
+every epoch, and a run restarted with ``resume`` continues from it.
 
 Under ``torchrun`` the same code trains with DistributedDataParallel (NCCL on CUDA with SyncBatchNorm, gloo
 on CPU, where BatchNorm statistics stay per process because SyncBatchNorm needs CUDA). Every process draws
