@@ -44,6 +44,7 @@ TABLE_COLUMNS = {
     "inference_ms": "infer ms/img",
     "mean_error_input_px": "mean err (input px)",
     "vs_mean_pose": "vs mean pose",
+    "train_vs_mean_pose": "train vs mean pose",
     "pck@0.1": "PCK@0.1",
     "AP": "AP",
     "floor_px": "floor (input px)",
@@ -155,14 +156,19 @@ def table_rows(seed_rows: list[dict]) -> list[dict]:
 
 def with_baselines(rows: list[dict], baselines: list[dict]) -> list[dict]:
     """The table: per input size, its mean-pose row first, then the representations' rows; every row with
-    ``vs_mean_pose``, its mean error over the mean-pose error at its input size."""
+    ``vs_mean_pose``, its mean error over the mean-pose error at its input size, and ``train_vs_mean_pose``,
+    the same ratio on the training frames (whether it fits what it was trained on; None where a run from
+    before that measurement lacks it)."""
     reference = {row["input"]: row["mean_error_input_px"] for row in baselines}
+    train_reference = {row["input"]: row.get("train_mean_error_input_px") for row in baselines}
     sizes = sorted({row["input"] for row in rows + baselines}, key=lambda name: math.prod(parse_resolutions(name)[0]))
     table = []
     for size in sizes:
         for row in [row for row in baselines if row["input"] == size] + [row for row in rows if row["input"] == size]:
             ratio = row["mean_error_input_px"] / reference[size] if size in reference else None
-            table.append({**row, "vs_mean_pose": ratio})
+            fit, train_bar = row.get("train_mean_error_input_px"), train_reference.get(size)
+            table.append({**row, "vs_mean_pose": ratio,
+                          "train_vs_mean_pose": fit / train_bar if fit is not None and train_bar else None})
     return table
 
 

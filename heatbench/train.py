@@ -368,6 +368,8 @@ def run_one(representation: Representation, train_set: KeypointDataset, val_set:
                                                resume, progress, context, validate, bar)
     if "predictions" not in last:  # resumed after the last epoch: nothing was validated in this process
         validate()
+    # the unaugmented training frames: whether the model fits what it was trained on, beside what it generalises
+    fit = predict(representation, model, train_set, config, device, False, context)
     if not context.is_main:
         return None
     predictions, metrics = last["predictions"], last["metrics"]
@@ -386,6 +388,7 @@ def run_one(representation: Representation, train_set: KeypointDataset, val_set:
         "inference_ms_spread": inference["latency_spread_ms_per_image"],
         "inference_peak_memory_bytes": inference["peak_memory_bytes"],
         **metrics,
+        "train_mean_error_input_px": mean_error(fit["pred_input"], fit["target_input"], train_set.visible),
         "predictions": predictions,
     }
 
@@ -408,6 +411,7 @@ def mean_pose(train_set: KeypointDataset, val_set: KeypointDataset, input_size: 
     if not counts.all():
         return None
     mean = (train_keypoints * train_visible[..., None]).sum(axis=0) / counts[:, None]  # (K, 2) input px
+    train_error = mean_error(np.broadcast_to(mean, train_keypoints.shape), train_keypoints, train_visible)
     affines, target_input, _ = crops(val_set)
     pred_input = np.broadcast_to(mean, target_input.shape)
     input_to_image = invert_affine(affines)
@@ -415,7 +419,8 @@ def mean_pose(train_set: KeypointDataset, val_set: KeypointDataset, input_size: 
                    "scores": np.ones(target_input.shape[:2]),
                    "pred_image": np.einsum("nij,nkj->nki", input_to_image[:, :, :2], pred_input)
                    + input_to_image[:, None, :, 2]}
-    return {**score_predictions(val_set, predictions), "predictions": predictions}
+    return {**score_predictions(val_set, predictions), "train_mean_error_input_px": train_error,
+            "predictions": predictions}
 
 
 def _variant_row(representation: Representation, model: PoseModel, predictions: dict[str, np.ndarray],

@@ -2,6 +2,7 @@
 import numpy as np
 
 from heatbench.data import TopDownDataset, load_dlc_csv
+from heatbench.runner import with_baselines
 from heatbench.train import mean_pose
 
 SIZE = (64, 64)
@@ -20,6 +21,8 @@ def test_mean_pose_predicts_every_instance_at_the_training_crops_mean_keypoints(
     assert predicted.shape == (len(val_set), dataset.num_keypoints, 2)
     np.testing.assert_allclose(predicted, np.broadcast_to(expected, predicted.shape))
     assert 0 < baseline["mean_error_input_px"] < SIZE[0] and 0 <= baseline["pck@0.1"] <= 1
+    train_distances = np.linalg.norm(keypoints - expected, axis=-1)
+    np.testing.assert_allclose(baseline["train_mean_error_input_px"], train_distances[visible > 0].mean())
 
 
 def test_mean_pose_maps_back_to_each_images_own_crop(mouse_mini):
@@ -37,3 +40,14 @@ def test_no_mean_pose_where_a_keypoint_is_never_labelled_in_training(mouse_mini)
     train_set.visible[:, 0] = 0
     train_set.keypoints[:, 0] = np.nan
     assert mean_pose(train_set, val_set, SIZE) is None
+
+
+def test_every_row_is_compared_with_the_mean_pose_on_validation_and_on_its_training_frames():
+    baseline = {"representation": "mean pose", "input": "64x64", "mean_error_input_px": 4.0,
+                "train_mean_error_input_px": 5.0}
+    fitted = {"representation": "a", "input": "64x64", "mean_error_input_px": 2.0, "train_mean_error_input_px": 0.5}
+    older = {"representation": "b", "input": "64x64", "mean_error_input_px": 1.0}  # a run without the fit
+    table = with_baselines([fitted, older], [baseline])
+    assert [row["representation"] for row in table] == ["mean pose", "a", "b"]
+    assert [row["vs_mean_pose"] for row in table] == [1.0, 0.5, 0.25]
+    assert [row["train_vs_mean_pose"] for row in table] == [1.0, 0.1, None]
