@@ -1,8 +1,4 @@
 """heatbench: keypoint representations for pose estimation, compared under one backbone, data and schedule."""
-from . import allocator
-
-allocator.configure()  # before torch's first allocation: see heatbench/allocator.py
-
 from .representation import Representation, available_representations, build_representation
 
 __all__ = ["Representation", "available_representations", "build_representation"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import registry
 from .errors import HeatbenchError
+from .parsing import parse_overrides, parse_resolutions
 from .representation import ConfigError
 
 
@@ -47,7 +48,7 @@ def _add_run(commands) -> None:
 def _run(args) -> None:
     import dataclasses
 
-    from .runner import RunSpec, parse_overrides, parse_resolutions, run
+    from .runner import RunSpec, run
     from .train import TrainConfig
 
     names = _names(args.repr)
@@ -79,7 +80,6 @@ def _add_floor(commands) -> None:
 
 def _floor(args) -> None:
     from . import floor
-    from .runner import parse_resolutions
 
     names = _names(args.repr)
     if args.n < 1:
@@ -151,7 +151,6 @@ def _add_profile(commands) -> None:
 
 def _profile(args) -> None:
     from .profile import profile_rows, write_profile_table
-    from .runner import parse_resolutions
     from .train import resolve_device
 
     names = _names(args.repr)

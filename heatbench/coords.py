@@ -31,3 +31,9 @@ def flip_horizontal(keypoints: ArrayLike, width: float) -> ArrayLike:
     flipped = keypoints.clone() if isinstance(keypoints, torch.Tensor) else keypoints.copy()
     flipped[..., 0] = width - keypoints[..., 0]
     return flipped
+
+
+def interior_margin_px(side: int) -> float:
+    """Distance from the edge, in input px, that makes a keypoint interior on an axis of ``side`` px: where
+    every representation's ``floor_tolerance_px`` holds (``heatbench.floor`` says why this margin)."""
+    return max(12.0, side / 8)

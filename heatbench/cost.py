@@ -19,8 +19,7 @@ The ``run`` table and the ``profile`` command both call these functions, so thei
   a background thread every ``RSS_SAMPLE_INTERVAL_S`` (ours: 1 ms), page-sized. Before the baseline, glibc's
   ``malloc_trim(0)`` hands the heap's free pages back to the OS: PyTorch's CPU allocator caches nothing,
   but glibc keeps memory freed by earlier calls resident, and a call that reuses it shows too little growth
-  (measured: a batch-8 256x192 heatmap train step, 117-137 MiB without the trim, 294-316 with it; after
-  larger calls, none at all). A peak shorter than the interval can still be missed, so the CPU figure is a
+  (after larger calls, none at all). A peak shorter than the interval can still be missed, so the CPU figure is a
   lower bound. Without ``/proc`` (macOS) it falls back to the growth of ``ru_maxrss``, which is monotone
   and reads 0 once an earlier call went higher.
 

@@ -29,17 +29,13 @@ import torch
 from tabulate import tabulate
 
 from . import registry, results
+from .coords import interior_margin_px
 from .representation import Representation, build_representation
 
 COLUMNS = ("representation", "variant", "res", "region", "n", "mean_px", "p95_px", "max_px", "bias_x_px",
            "bias_y_px")
 REGIONS = ("interior", "border")
 _INSTANCES_PER_CALL = 16  # bounds the memory of dense decoders (a 256x192 map per keypoint); speed is flat
-
-
-def interior_margin_px(side: int) -> float:
-    """Distance from the edge, in input px, that makes a keypoint interior on an axis of ``side`` px."""
-    return max(12.0, side / 8)
 
 
 def sample_keypoints(input_size: tuple[int, int], count: int, region: str, seed: int) -> torch.Tensor:
@@ -65,7 +61,7 @@ def sample_keypoints(input_size: tuple[int, int], count: int, region: str, seed:
 
 def variants(cls: type[Representation]) -> list[dict]:
     """Every combination of the values of ``cls.floor_variants`` fields (Literal or bool), as override dicts."""
-    names = getattr(cls, "floor_variants", ())
+    names = cls.floor_variants
     hints = typing.get_type_hints(cls.config_class)
     choices = []
     for name in names:

@@ -9,7 +9,6 @@ from typing import Sequence
 
 import torch
 
-from .decoders.argmax import argmax_2d
 
 
 def sanitize_keypoints(keypoints: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +35,7 @@ def cell_centres(count: int, device=None, dtype=torch.float32) -> torch.Tensor:
 
 
 # Below about -87.3 (the log of float32's smallest normal) exp returns subnormals or 0, which the CPU's
-# vectorised exp computes 12-37x slower (measured); exp(-80) < 2e-35 of a Gaussian's peak or a softmax's
+# vectorised exp computes an order of magnitude slower; exp(-80) < 2e-35 of a Gaussian's peak or a softmax's
 # largest term, so clamping exponents there changes no sum.
 EXPONENT_FLOOR = -80.0
 
@@ -55,7 +54,7 @@ def gaussian(distance_sq: torch.Tensor, sigma: float | torch.Tensor, in_place: b
 def heatmap_sigma(input_size: tuple[int, int], stride: int = 4) -> float:
     """Gaussian std in cells for an (H, W) input: max(1, floor(L / 32 + 1/2)), L the map's long side.
 
-    Reproduces methods.md §1's table (64x64, 128x128 -> 1; 256x192, 256x256 -> 2; 384x288 -> 3).
+    Reproduces the reference configs' values (64x64, 128x128 -> 1; 256x192, 256x256 -> 2; 384x288 -> 3).
     """
     long_side = max(input_size) / stride
     return float(max(1, int(long_side / 32 + 0.5)))
@@ -152,24 +151,6 @@ def soft_argmax(probs: torch.Tensor) -> torch.Tensor:
     x = (probs.sum(dim=-2) * cell_centres(width, probs.device, probs.dtype)).sum(dim=-1)
     y = (probs.sum(dim=-1) * cell_centres(height, probs.device, probs.dtype)).sum(dim=-1)
     return torch.stack((x, y), dim=-1)
-
-
-def argmax_window(maps: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (2r + 1) x (2r + 1) values around each map's maximum, 0 where the window leaves the map.
-
-    maps (..., H, W) -> peak (..., 2) long (x, y) cell index of the maximum (the first on ties) and
-    window (..., 2r + 1, 2r + 1) with window[..., r + dy, r + dx] = maps[..., y + dy, x + dx].
-    """
-    height, width = maps.shape[-2:]
-    flat = maps.flatten(-2)
-    peak, _ = argmax_2d(maps)
-    offsets = torch.arange(-radius, radius + 1, device=maps.device)
-    x = peak[..., 0, None, None] + offsets  # (..., 1, 2r + 1)
-    y = peak[..., 1, None, None] + offsets[:, None]  # (..., 2r + 1, 1)
-    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)  # (..., 2r + 1, 2r + 1)
-    cells = y.clamp(0, height - 1) * width + x.clamp(0, width - 1)
-    values = flat.gather(-1, cells.flatten(-2)).view(cells.shape)
-    return peak, torch.where(inside, values, torch.zeros_like(values))
 
 
 def inside_input(keypoints: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:

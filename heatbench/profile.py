@@ -45,7 +45,7 @@ from . import cost, results
 from .errors import HeatbenchError
 from .models.pose_model import PoseModel
 from .representation import Representation, build_representation
-from .runner import size_name
+from .parsing import size_name
 from .train import TrainConfig, build_model
 
 log = logging.getLogger(__name__)

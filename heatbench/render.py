@@ -1,6 +1,6 @@
 """Pictures of a model's predicted maps for one keypoint: the core of ``heatbench heatmap``.
 
-A continuous representation (one with ``dense_heatmap(outputs, height, width)``, i.e. NerPE) is rendered at
+A continuous representation (``is_continuous``: one with a ``dense_heatmap``, i.e. NerPE) is rendered at
 several resolutions of the same field, as in NerPE's Figure 4; rendered from a head without the local
 ensemble it shows the cell-border discontinuities of NerPE's Figure A3. Any other representation is rendered
 at its native resolution by ``render_native``. Every picture spans the input crop in canonical coordinates
@@ -66,7 +66,7 @@ def render_heatmaps(representation: Representation, outputs, keypoint: int, reso
     proportion). ``image``: (3, H, W) network input drawn underneath, any value range. Returns the paths
     ``out_dir / "{name}_k{keypoint}_{h}x{w}.png"``.
     """
-    if not hasattr(representation, "dense_heatmap"):
+    if not representation.is_continuous:
         raise TypeError(f"{representation.name} has no continuous map to render at several resolutions; "
                         "use render_native")
     paths = []
@@ -153,6 +153,6 @@ def render_checkpoint(checkpoint: Path, image_path: Path, resolutions: list[int]
     image = load_input(image_path, representation.input_size)
     outputs = model.eval()(image[None])
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    if hasattr(representation, "dense_heatmap"):
+    if representation.is_continuous:
         return render_heatmaps(representation, outputs, keypoint, resolutions, out_dir, image)
     return [render_native(representation, outputs, keypoint, out_dir, image)]

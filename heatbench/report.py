@@ -37,6 +37,7 @@ from tabulate import tabulate
 
 from .errors import HeatbenchError
 from .metrics import keypoint_errors
+from .parsing import size_name
 from .results import atomic_directory
 from .stats import CONFIDENCE, paired_bootstrap
 
@@ -165,8 +166,6 @@ def _sizes(entries: list[Entry]) -> list[tuple[int, int]]:
     return sorted({entry.size for entry in entries}, key=_by_area)
 
 
-def _size_name(size: tuple[int, int]) -> str:
-    return f"{size[0]}x{size[1]}"
 
 
 def _colours(entries: list[Entry]) -> dict[str, str]:
@@ -202,7 +201,7 @@ def _plot_accuracy(entries: list[Entry], colours: dict[str, str]) -> Figure:
             spreads = [_spread(e, key) for e in group]
             axis.errorbar([sizes.index(e.size) for e in group], [e.row[key] for e in group],
                           yerr=None if None in spreads else spreads, marker="o", capsize=3, color=colour, label=label)
-        axis.set(title=title, xlabel="input (HxW)", xticks=range(len(sizes)), xticklabels=map(_size_name, sizes))
+        axis.set(title=title, xlabel="input (HxW)", xticks=range(len(sizes)), xticklabels=map(size_name, sizes))
         axis.margins(x=0.15)
     axes[0].legend(fontsize="small")
     return figure
@@ -219,7 +218,7 @@ def _plot_cdf(entries: list[Entry], colours: dict[str, str]) -> Figure:
                       label=label)
         # a few wild misses would squeeze every curve against the axis; the 99th percentile keeps them readable
         axis.set_xlim(0, max(np.percentile(errors, 99) for errors in pooled.values()))
-        axis.set(title=f"input {_size_name(size)}", xlabel="keypoint error (input px)",
+        axis.set(title=f"input {size_name(size)}", xlabel="keypoint error (input px)",
                  ylabel="fraction of keypoints within", ylim=(0, 1.02))
         axis.legend(fontsize="small", loc="lower right")
     return figure
@@ -260,7 +259,7 @@ def _plot_per_keypoint(entries: list[Entry], colours: dict[str, str], keypoint_n
                      yerr=per_seed.std(axis=0, ddof=1) if len(per_seed) > 1 else None, capsize=2,
                      color=colours[entry.label], label=entry.label)
         axis.set_xticks(positions, keypoint_names, rotation=60, ha="right", fontsize="small")
-        axis.set(title=f"input {_size_name(size)}", ylabel="mean error (input px)")
+        axis.set(title=f"input {size_name(size)}", ylabel="mean error (input px)")
         axis.legend(fontsize="small")
     return figure
 
@@ -279,7 +278,7 @@ def _plot_floor(entries: list[Entry], colours: dict[str, str]) -> Figure:
         for bars in (floors, trained):
             axis.bar_label(bars, fmt="%.3g", fontsize="x-small")
         axis.set_xticks(positions, [e.label for e in shown], rotation=30, ha="right")
-        axis.set(title=f"input {_size_name(size)}", ylabel="mean error (input px)")
+        axis.set(title=f"input {size_name(size)}", ylabel="mean error (input px)")
         axis.legend(fontsize="small")
     return figure
 
@@ -301,7 +300,7 @@ def _plot_curves(entries: list[Entry], colours: dict[str, str]) -> Figure:
                           [point["mean_error_input_px"] for point in row["curve"]], marker=".",
                           color=colours[entry.label], alpha=0.8, label=entry.label if index == 0 else None)
         axis.set_yscale("log")
-        axis.set(title=f"input {_size_name(size)}", xlabel="optimizer step", ylabel="validation mean error (input px)")
+        axis.set(title=f"input {size_name(size)}", xlabel="optimizer step", ylabel="validation mean error (input px)")
         axis.legend(fontsize="x-small")
     return figure
 

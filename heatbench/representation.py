@@ -56,11 +56,50 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# The config validators: each raises a ValueError naming the field; build_representation adds the name and size.
+def check_choice(field: str, value: Any, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"{field} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_flag(field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{field} must be true or false, got {value!r}")
+
+
+def check_integer(field: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{field} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_number(field: str, value: Any, above: float | None = None, at_least: float | None = None,
+                 below: float | None = None, unit: str = "") -> None:
+    """A finite number > ``above`` (or >= ``at_least``), and < ``below`` where given; ``unit`` names its unit."""
+    bounds = [f"> {above}" if above is not None else None, f">= {at_least}" if at_least is not None else None,
+              f"< {below}" if below is not None else None]
+    if not (is_finite_number(value) and (above is None or value > above) and (at_least is None or value >= at_least)
+            and (below is None or value < below)):
+        raise ValueError(f"{field} must be a number {' and '.join(filter(None, bounds))}{unit}, got {value!r}")
+
+
 def check_feature_stride(name: str, in_stride: int, stride: int) -> None:
     """A head that maps features 1:1 onto its output needs them at the config's output stride."""
     if in_stride != stride:
         raise ValueError(f"{name}: the head maps stride-{in_stride} features 1:1 onto its output, but the config's "
                          f"stride is {stride}; set stride={in_stride} or change the backbone's output stride")
+
+
+def map_size(input_size: tuple[int, int], stride: int, min_cells: int = 1) -> tuple[int, int]:
+    """(h, w) of the stride-``stride`` grid over an (H, W) input, which must divide by the stride and give
+    at least ``min_cells`` cells per axis."""
+    height, width = input_size
+    if height % stride or width % stride:
+        raise ValueError(f"input (H, W)={tuple(input_size)} is not divisible by stride {stride}")
+    size = (height // stride, width // stride)
+    if min(size) < min_cells:
+        raise ValueError(f"the {size[0]}x{size[1]} grid of input {tuple(input_size)} at stride {stride} has fewer "
+                         f"than {min_cells} cells per axis")
+    return size
 
 
 HEAD_INIT_STD = 0.001
@@ -98,17 +137,30 @@ class ConfigError(HeatbenchError, ValueError):
     """A representation config that cannot be built: an unknown field or an invalid value."""
 
 
+@dataclasses.dataclass(frozen=True)
+class NoConfig:
+    """The config of a representation with nothing to configure."""
+
+
 class Representation(abc.ABC):
-    """Base class of every keypoint representation; subclasses set ``config_class``."""
+    """Base class of every keypoint representation.
+
+    What a subclass must write: the seven abstract methods and ``floor_tolerance_px``; a frozen dataclass
+    ``config_class`` where it has settings. Everything else is declared here with a default.
+    """
 
     name: ClassVar[str] = "unregistered"  # set by the registry to the entry-point name
-    config_class: ClassVar[type]
+    config_class: ClassVar[type] = NoConfig
     # Bound on |decode(ideal_outputs(k)) - k| for interior keypoints, in input px: a class attribute, or a
     # property where it depends on the config (e.g. SimCC's split ratio). Read it on an instance.
     floor_tolerance_px: float
-    # Why a training step costs more than the plain heatmap's, in a sentence: the cost table prints it where
-    # the measured step is over ``profile.HEATMAP_STEP_RATIO`` times the heatmap's at the same input. A class
-    # attribute, or a property where it depends on the config (e.g. HDM's demanders); "" for none.
+    # Config fields (each a Literal or bool) over whose every value the floor table runs, e.g. the decoders.
+    floor_variants: ClassVar[tuple[str, ...]] = ()
+
+    # Reporting hooks, read by the tables and not by training:
+    # why a training step costs more than the plain heatmap's, in a sentence, printed by the cost table where
+    # the measured step is over ``profile.HEATMAP_STEP_RATIO`` times the heatmap's ("" for none). A class
+    # attribute, or a property where it depends on the config (e.g. HDM's demanders).
     train_cost_note: str = ""
 
     def __init__(self, config: Any, input_size: tuple[int, int], num_keypoints: int):
@@ -152,6 +204,23 @@ class Representation(abc.ABC):
     def ideal_outputs(self, keypoints: torch.Tensor, visible: torch.Tensor) -> Any:
         """What a perfect network would emit for these keypoints."""
 
+    @property
+    def output_stride_px(self) -> tuple[float, float]:
+        """(x, y) input px of one step of the output grid: shifting a keypoint by it moves its output by one
+        cell or bin. Input size over output size unless the grid says otherwise (UDP: (W - 1) / (w - 1))."""
+        (height, width), (out_height, out_width) = self.input_size, self.output_size()
+        return width / out_width, height / out_height
+
+    @property
+    def is_continuous(self) -> bool:
+        """Whether ``dense_heatmap`` renders the outputs at any resolution (NerPE's field)."""
+        return type(self).dense_heatmap is not Representation.dense_heatmap
+
+    def dense_heatmap(self, outputs: Any, height: int, width: int) -> torch.Tensor:
+        """(B, K, height, width) confidence map sampled from the outputs at any size; only a continuous
+        representation has one."""
+        raise NotImplementedError(f"{self.name} has no continuous map to sample at any resolution")
+
     def merge_flipped(self, outputs: Any, flipped_back: Any) -> Any:
         """The flip-test average of the outputs and the flipped-back outputs of the mirrored input."""
         return zip_tensors(lambda a, b: (a + b) / 2, outputs, flipped_back)
@@ -183,6 +252,9 @@ def build_representation(name: str, input_size: tuple[int, int], num_keypoints: 
         return cls(config, tuple(input_size), num_keypoints)
     except ValueError as error:  # the config's own validation names the field; add the representation
         raise ConfigError(f"{name} at {input_size[0]}x{input_size[1]}: {error}") from error
+    except Exception as error:  # a plugin's own bug: one line that names its class, the traceback chained
+        raise registry.PluginError(f"{name} ({cls.__module__}.{cls.__qualname__}) could not be built at "
+                                   f"{input_size[0]}x{input_size[1]}: {type(error).__name__}: {error}") from error
 
 
 def available_representations() -> list[str]:

@@ -5,7 +5,6 @@ results directory appears only when every run has finished (``results.atomic_dir
 """
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ from tqdm import tqdm
 from . import floor, results
 from .data import load_dataset
 from .errors import HeatbenchError
+from .parsing import parse_resolutions, parse_shard, size_name
 from .report import made_by, write_report
 from .representation import Representation, build_representation
 from .train import (MEAN_POSE, TrainConfig, describe, init_distributed, mean_pose, resolve_device, run_one,
@@ -65,40 +65,6 @@ def table_columns(rows: list[dict]) -> dict[str, str]:
     return columns
 
 
-def parse_resolutions(text: str) -> list[tuple[int, int]]:
-    """``"64,128,256x192"`` -> [(64, 64), (128, 128), (256, 192)] as (H, W), the field's height-first habit."""
-    sizes = []
-    for item in text.split(","):
-        parts = item.strip().lower().split("x")
-        if len(parts) not in (1, 2) or not all(part.isdigit() and int(part) > 0 for part in parts):
-            raise HeatbenchError(f"--res: {item.strip()!r} is not a size; expected N or HxW, e.g. 64 or 256x192")
-        height, width = int(parts[0]), int(parts[-1])
-        sizes.append((height, width))
-    return sizes
-
-
-def size_name(size: tuple[int, int]) -> str:
-    return f"{size[0]}x{size[1]}"
-
-
-def parse_overrides(items: list[str], names: list[str]) -> dict[str, dict]:
-    """``["simcc.split_ratio=2", "heatmap.decoder=argmax"]`` -> {"simcc": {"split_ratio": 2.0}, ...}."""
-    overrides: dict[str, dict] = {name: {} for name in names}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        name, dot, field_name = key.partition(".")
-        if not sep or not dot or not field_name:
-            raise HeatbenchError(f"--set {item!r}: expected REPRESENTATION.FIELD=VALUE, e.g. heatmap.decoder=argmax")
-        if name not in overrides:
-            raise HeatbenchError(f"--set {item!r}: {name!r} is not among --repr {','.join(names)}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = {"true": True, "false": False}.get(raw.lower(), raw)
-        overrides[name][field_name] = value
-    return overrides
-
-
 @dataclass
 class RunSpec:
     representations: list[str]
@@ -135,16 +101,6 @@ def _aggregate(rows: list[dict]) -> dict:
     merged["seeds"] = [row["seed"] for row in rows]
     del merged["seed"]
     return merged
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"2/4"`` -> (2, 4): this job runs every 4th (representation, size, seed) triple starting at the 2nd."""
-    if text is None:
-        return 0, 1
-    index, sep, count = text.partition("/")
-    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
-        raise HeatbenchError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
-    return int(index), int(count)
 
 
 def table_rows(seed_rows: list[dict]) -> list[dict]:

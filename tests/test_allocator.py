@@ -1,18 +1,21 @@
-"""Specification of the allocator settings that ``import heatbench`` makes (heatbench/allocator.py)."""
+"""Specification of the allocator settings the benchmarks run with (benchmarks/allocator.py)."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from heatbench import allocator
+from benchmarks import allocator
 
 ON_GLIBC = allocator._running_on_glibc()
 
 # Whether a fresh (256, 17, 16, 16) float batch (4.5 MB: what the 64x64 codec benchmark encodes) lies in the
 # heap after a few have been freed: reused heap memory is not faulted in again, a fresh mapping is.
 FRESH_BATCH_IS_IN_THE_HEAP = """
-import heatbench, torch
+from benchmarks import allocator
+allocator.configure()
+import torch
 for _ in range(3):
     torch.ones(256, 17, 16, 16)
 address = torch.ones(256, 17, 16, 16).data_ptr()
@@ -26,7 +29,7 @@ def fresh_batch_is_in_the_heap(**environ: str) -> bool:
     clean = {name: value for name, value in os.environ.items()
              if name not in allocator.USER_MALLOC_SETTINGS and name != "THP_MEM_ALLOC_ENABLE"}
     result = subprocess.run([sys.executable, "-c", FRESH_BATCH_IS_IN_THE_HEAP], env={**clean, **environ},
-                            capture_output=True, text=True, check=True)
+                            cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True)
     return result.stdout.strip() == "True"
 
 

@@ -44,7 +44,7 @@ def test_run_writes_table_csv_and_json_with_every_column(finished_run):
     for key in ("git_commit", "libraries", "device", "train", "training_dtype", "seeds", "data", "baselines"):
         assert key in record
     assert record["training_dtype"] in ("bfloat16", "float32")
-    assert record["representations"]["heatmap@64x64"]["config"]["sigma"] == 1  # methods.md §1 at 64x64
+    assert record["representations"]["heatmap@64x64"]["config"]["sigma"] == 1  # the reference configs' σ at 64x64
 
 
 def test_run_leaves_a_checkpoint_per_representation(finished_run):

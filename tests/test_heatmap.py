@@ -11,7 +11,8 @@ import torch
 from heatbench import build_representation, ops
 from heatbench.coords import flip_horizontal
 from heatbench.decoders import DECODERS
-from heatbench.floor import COLUMNS, floor_error, floor_rows, interior_margin_px, variants, write_floor_table
+from heatbench.coords import interior_margin_px
+from heatbench.floor import COLUMNS, floor_error, floor_rows, variants, write_floor_table
 from heatbench.representation import ConfigError
 from heatbench.representations.heatmap import DecoderName, Heatmap, HeatmapConfig, HeatmapTargets
 

@@ -90,7 +90,7 @@ def test_shapes_for_batch_of_one_and_three(batch, overrides):
 
 
 def test_config_rejects_unknown_variants_and_inconsistent_sizes():
-    with pytest.raises(ValueError, match="'uniform', 'random'"):
+    with pytest.raises(ValueError, match="sampling must be one of uniform, random"):
         NerPEConfig(sampling="grid")
     with pytest.raises(ValueError, match="power of two"):
         NerPEConfig(decoding="progressive", queries_per_cell=24, progressive_start=4)

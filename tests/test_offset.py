@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heatbench import floor
+from heatbench import coords, floor
 from heatbench.ops import flip_permutation
 from heatbench.representation import build_representation
 from heatbench.representations.offset import Offset, OffsetConfig, OffsetOutputs
@@ -173,7 +173,7 @@ def test_flip_back_of_the_mirrored_ideal_outputs_is_exact_and_the_flip_merge_wit
     # a cell that only one of them supervises, whose offset the merge halves: at most half a cell per axis.
     height, width = size
     rep = make(size, variant)
-    low = torch.tensor([floor.interior_margin_px(width), floor.interior_margin_px(height)])
+    low = torch.tensor([coords.interior_margin_px(width), coords.interior_margin_px(height)])
     keypoints = (low + (torch.tensor(quarters, dtype=torch.float32) / 4).remainder(torch.tensor([width, height])
                                                                                   - 2 * low))[None]
     visible = torch.ones(1, K)

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 import heatbench
 from heatbench import registry
-from heatbench.floor import interior_margin_px, variant_label, variants
+from heatbench.coords import interior_margin_px
+from heatbench.floor import variant_label, variants
 from heatbench.representation import map_tensors
 from tests.keypoints import mirrored
 
@@ -79,16 +80,6 @@ def run_examples(input_size, strategy, check, examples=None) -> None:
 
 
 
-def output_stride(representation) -> tuple[float, float]:
-    """(x, y) input px of one output step: a representation's own ``output_stride_px`` where it states one
-    (the UDP grid's cell is (W - 1) / (w - 1), not W / w), else input size / output size."""
-    stated = getattr(representation, "output_stride_px", None)
-    if stated is not None:
-        return tuple(stated)
-    (height, width), (out_height, out_width) = representation.input_size, representation.output_size()
-    return width / out_width, height / out_height
-
-
 def decode_ideal(representation, keypoints: torch.Tensor) -> torch.Tensor:
     return representation.decode(representation.ideal_outputs(keypoints, torch.ones(keypoints.shape[:2])))[0]
 
@@ -110,7 +101,7 @@ def test_ideal_outputs_decode_within_the_stated_floor(name, overrides, input_siz
 @RES
 def test_shifting_by_an_output_stride_shifts_the_decoded_keypoints_alike(name, overrides, input_size):
     representation = heatbench.build_representation(name, input_size, K, **overrides)
-    shift = torch.tensor(output_stride(representation))
+    shift = torch.tensor(representation.output_stride_px)
 
     # Equivariance is a claim about the lattice. Near the interior margin a decoder's border handling may treat
     # k and k + shift differently by less than the floor (DARK's zero-padded blur reaches the map edge), so

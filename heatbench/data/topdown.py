@@ -6,7 +6,7 @@ coordinates: the padded box goes exactly onto [0, W] x [0, H], an optional rotat
 centre, and a flip mirrors the input as x -> W - x (``docs/conventions.md``; no one-pixel shift).
 ``warp_image`` resamples with ``affine_grid`` / ``grid_sample`` at ``align_corners=False``, where the
 normalised -1 / +1 are the image corners, canonical 0 and W; so the warp agrees with the keypoint transform
-by construction, without the half-pixel bias of ``cv2.warpAffine`` pipelines (``methods.md`` section 0).
+by construction, without the half-pixel bias of ``cv2.warpAffine`` pipelines (``docs/conventions.md``).
 Boxes come from the loaders (the format's box; for formats without one, the labelled keypoints' box plus
 a margin, see :func:`heatbench.data.dataset.box_from_keypoints`).
 

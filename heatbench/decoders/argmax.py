@@ -112,3 +112,21 @@ def decode(heatmaps: torch.Tensor, sigma: float = 2.0) -> tuple[torch.Tensor, to
     """(B, K, H, W) maps -> (B, K, 2) index-unit coordinates and (B, K) scores. ``sigma`` is unused."""
     peak = find_peak(heatmaps)
     return peak.coords, peak.score
+
+
+def argmax_window(maps: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (2r + 1) x (2r + 1) values around each map's maximum, 0 where the window leaves the map.
+
+    maps (..., H, W) -> peak (..., 2) long (x, y) cell index of the maximum (the first on ties) and
+    window (..., 2r + 1, 2r + 1) with window[..., r + dy, r + dx] = maps[..., y + dy, x + dx].
+    """
+    height, width = maps.shape[-2:]
+    flat = maps.flatten(-2)
+    peak, _ = argmax_2d(maps)
+    offsets = torch.arange(-radius, radius + 1, device=maps.device)
+    x = peak[..., 0, None, None] + offsets  # (..., 1, 2r + 1)
+    y = peak[..., 1, None, None] + offsets[:, None]  # (..., 2r + 1, 1)
+    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)  # (..., 2r + 1, 2r + 1)
+    cells = y.clamp(0, height - 1) * width + x.clamp(0, width - 1)
+    values = flat.gather(-1, cells.flatten(-2)).view(cells.shape)
+    return peak, torch.where(inside, values, torch.zeros_like(values))

@@ -14,27 +14,23 @@ Euclidean distance between cell centres, in cells, as the ground cost:
   keeps the sub-cell position of u.
 
 Paper: Qu, Xu, Cai, Foo, Liu, "Heatmap Distribution Matching for Human Pose Estimation", NeurIPS 2022. No code
-is public and only abstract-level summaries were read (methods.md §6): the paper casts heatmap learning as
+is public, so this reconstruction follows the paper's stated method only: the paper casts heatmap learning as
 matching the predicted heatmap (suppliers) to the dot annotation (demanders) by the EMD, drops the Gaussian
 target, and contrasts naive with sub-pixel demanders. Everything else here is ours:
 - the normalisation (softmax over the map, not ReLU + sum), and the 1x1 conv head on the shared features,
   initialised as the heatmap head it replaces in a top-down model (N(0, 0.001), bias 0);
 - the ground cost: the plain Euclidean distance in cells, the EMD's (Wasserstein-1) own, which makes the
   naive mode the closed form above and keeps both modes on one scale; a squared cost would be W2², whose
-  minimiser and gradients differ (methods.md's "ε ≈ 0.05 px²" presumes it; our ε is in cells, the unit of
-  our cost);
-- the sub-pixel demanders: the bilinear split over the four neighbouring cell centres (methods.md's
-  proposal), with u clamped to the hull of the centres (a keypoint in the outer half cell is served by
+  minimiser and gradients differ (our ε is in cells, the unit of our cost);
+- the sub-pixel demanders: the bilinear split over the four neighbouring cell centres, with u clamped to the hull of the centres (a keypoint in the outer half cell is served by
   the edge cells);
-- the solver: log-domain Sinkhorn, ε = 0.05 cells and 100 iterations (methods.md's proposal), potentials
+- the solver: log-domain Sinkhorn, ε = 0.05 cells and 100 iterations, potentials
   started at 0 and the last update on the suppliers' side, so every unit of predicted mass pays for its
-  transport (the demanders' marginals are met up to the solver's residual: at most 2e-3 of the mass on
-  random 16 x 16 maps after 100 iterations, 1e-6 after 300; the cost was then within 7e-4 of the exact
-  EMD, relative). With ε a twentieth of the grid spacing, the entropic plan of the perfect map sends
+  transport (the demanders' marginals are met up to the solver's residual; ``tests/test_hdm.py`` holds the
+  cost to the exact EMD of a linear program). With ε a twentieth of the grid spacing, the entropic plan of the perfect map sends
   e^-20 of a cell's mass to a neighbour one cell away: its transport cost is 0 to float precision. The
-  unrolled solver keeps two (B, K, 4, h·w) tensors per iteration for the backward pass (about 1 GB for
-  B·K = 272 on a 32 x 32 map) and, single-threaded on CPU, costs about 1.2 s per step at 64x64 and 4.4 s at
-  128x128 for B·K = 272, against 2.0 s and 5.4 s for the ResNet-18 backbone's forward and backward;
+  unrolled solver keeps two (B, K, 4, h·w) tensors per iteration for the backward pass, which makes its
+  training step the costliest of the map representations (``benchmarks/README.md``);
 - masking: the per-keypoint EMD times the weight (0 for unlabelled, non-finite and outside-the-input
   keypoints, [0, W] x [0, H]), averaged over B·K keypoints as mmpose averages its heatmap losses.
 
@@ -42,15 +38,15 @@ Coordinates: cell (i, j) is centred at canonical ((i + ½)·s, (j + ½)·s) (our
 decoders return index units (cell i at i), converted by x = (i + ½)·s.
 
 Decoding (ours): on p, by ``decoder``. ``local_mean`` (the default) is the mean of p over the 3 x 3 cells
-around its argmax -- a soft-argmax restricted to a window (methods.md §3, fix 4). It is exact on the
+around its argmax -- a soft-argmax restricted to a window. It is exact on the
 sub-pixel loss's minimiser (the argmax is one of the four split cells, so the window holds all four) and,
 unlike a global mean, ignores mass elsewhere on the map. The shared heatmap decoders (``argmax``,
-``quarter_offset``, ``dark``, ``udp_dark``; methods.md's suggestion) can be chosen instead: the first two
+``quarter_offset``, ``dark``, ``udp_dark``) can be chosen instead: the first two
 quantise (up to a half and a quarter cell per axis), and DARK assumes a Gaussian-shaped peak, which HDM's
 compact maps are not (on the perfect split its floor is 1.25 px on average at stride 4, UDP-DARK's 0.16 px);
 both blur with ``blur_sigma`` cells (ours: 1 cell, HDM has no label Gaussian to take it from).
-Score (ours): the mass of p in the same 3 x 3 window, for every decoder. methods.md proposes the maximum of
-p, but on the perfect map that is the largest bilinear weight, anywhere in [¼, 1] depending on where u falls
+Score (ours): the mass of p in the same 3 x 3 window, for every decoder, not the maximum of
+p: on the perfect map that is the largest bilinear weight, anywhere in [¼, 1] depending on where u falls
 inside its cell; the window mass is 1 there wherever u falls, and at most 9 / (h·w) for a flat map.
 
 Flip test: the columns reversed and the pairs swapped (cell i mirrors cell w - 1 - i exactly); the merge
@@ -74,7 +70,9 @@ from torch import nn
 
 from .. import ops
 from ..decoders import get_decoder
-from ..representation import FlipPairs, Representation, is_finite_number, keypoint_map_head
+from ..decoders.argmax import argmax_window
+from ..representation import (FlipPairs, Representation, check_choice, check_integer, check_number,
+                              keypoint_map_head, map_size)
 
 Demanders = Literal["naive", "subpixel"]
 DecoderName = Literal["local_mean", "argmax", "quarter_offset", "dark", "udp_dark"]
@@ -94,18 +92,12 @@ class HDMConfig:
     stride: int = 4                  # input px per map cell; must equal the feature stride
 
     def __post_init__(self):
-        if self.demanders not in _DEMANDERS:
-            raise ValueError(f"demanders must be one of {', '.join(_DEMANDERS)}, got {self.demanders!r}")
-        if not (is_finite_number(self.epsilon) and self.epsilon > 0):
-            raise ValueError(f"epsilon must be a positive number of cells, got {self.epsilon!r}")
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {self.iterations!r}")
-        if self.decoder not in _DECODERS:
-            raise ValueError(f"decoder must be one of {', '.join(_DECODERS)}, got {self.decoder!r}")
-        if not (is_finite_number(self.blur_sigma) and self.blur_sigma > 0):
-            raise ValueError(f"blur_sigma must be a positive width in cells, got {self.blur_sigma!r}")
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
-            raise ValueError(f"stride must be a positive integer, got {self.stride!r}")
+        check_choice("demanders", self.demanders, _DEMANDERS)
+        check_number("epsilon", self.epsilon, above=0, unit=" cells")
+        check_integer("iterations", self.iterations)
+        check_choice("decoder", self.decoder, _DECODERS)
+        check_number("blur_sigma", self.blur_sigma, above=0, unit=" cells")
+        check_integer("stride", self.stride)
 
 
 class HDMTargets(NamedTuple):
@@ -159,13 +151,7 @@ class HDM(Representation):
 
     def __init__(self, config: HDMConfig, input_size: tuple[int, int], num_keypoints: int):
         super().__init__(config, input_size, num_keypoints)
-        height, width = self.input_size
-        if height % config.stride or width % config.stride:
-            raise ValueError(f"input (H, W)={self.input_size} is not divisible by stride {config.stride}")
-        self.map_size = (height // config.stride, width // config.stride)  # (h, w)
-        if min(self.map_size) < 2:
-            raise ValueError(f"the {self.map_size} map of input {self.input_size} at stride {config.stride} "
-                             "has no 2 x 2 block of cells to split a keypoint over")
+        self.map_size = map_size(self.input_size, config.stride, min_cells=2)  # a 2 x 2 block to split a keypoint over
 
     @property
     def train_cost_note(self) -> str:
@@ -228,7 +214,7 @@ class HDM(Representation):
     def decode(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, K, h, w) -> (B, K, 2) canonical keypoints and (B, K) 3 x 3 peak masses of p."""
         probs = outputs.flatten(-2).softmax(dim=-1).view_as(outputs)
-        peak, window = ops.argmax_window(probs, radius=1)  # (B, K, 2), (B, K, 3, 3)
+        peak, window = argmax_window(probs, radius=1)  # (B, K, 2), (B, K, 3, 3)
         mass = window.sum(dim=(-2, -1))
         if self.config.decoder == "local_mean":
             offsets = torch.arange(-1, 2, device=probs.device, dtype=probs.dtype)

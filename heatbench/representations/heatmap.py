@@ -22,7 +22,7 @@ version of this test lets a window that ends one cell before the left or top edg
 Grids, canonical x <-> cell units u (ours):
 - ``msra`` and ``unbiased``: cell i is centred at canonical (i + 0.5) s, u = x / s - 0.5. The classic MSRA
   grid u = x_pc / s (cell i at canonical i s + 0.5) belongs with the ``warpAffine`` crop, whose half-pixel
-  placement bias it partly absorbs and whose flip test then needs ``shift_heatmap`` (methods.md §0, §1);
+  placement bias it partly absorbs and whose flip test then needs ``shift_heatmap`` (``docs/conventions.md``);
   heatbench's crop is exact in canonical coordinates, so the cells simply tile the input.
 - ``udp``: its own grid, x_pc = x - 0.5 and u = x_pc (w - 1) / (W - 1): the first and last cells sit on the
   first and last pixel centres, one cell spans (W - 1) / (w - 1) input px.
@@ -30,7 +30,9 @@ Every grid is x = origin + u * cell with the mirror x -> W - x sending cell i to
 reverses the columns and swaps the pairs, and no heatmap shift exists.
 
 Defaults: ``encoding="unbiased"`` and ``decoder="dark"`` (DARK's pairing), ``stride=4``, and ``sigma`` from
-methods.md §1: 1 at 64x64 and 128x128, 2 at 256x192 and 256x256, 3 at 384x288. The rule
+the reference configs: 1 at 64x64 and 128x128 (the SimCC repository's low-resolution heatmap baselines,
+``leeyegy/SimCC`` ``experiments/coco/``), 2 at 256x192 and 256x256, 3 at 384x288 (SimpleBaseline, HRNet and
+mmpose configs). The rule
 sigma = max(1, floor(L / 32 + 1/2)), with L the long side of the stride-4 map, reproduces that table and
 sets other sizes (ours).
 """
@@ -45,8 +47,9 @@ from torch import nn
 
 from .. import ops
 from ..decoders import DECODERS, get_decoder
-from ..floor import interior_margin_px
-from ..representation import FlipPairs, Representation, keypoint_map_head
+from ..coords import interior_margin_px
+from ..representation import (FlipPairs, Representation, check_choice, check_integer, check_number,
+                              keypoint_map_head, map_size)
 
 Encoding = Literal["msra", "unbiased", "udp"]
 DecoderName = Literal["argmax", "quarter_offset", "dark", "udp_dark"]
@@ -66,16 +69,12 @@ class HeatmapConfig:
     stride: int = 4      # the map is (H / stride, W / stride); a UDP cell spans (W - 1) / (w - 1) px, not stride
 
     def __post_init__(self):
-        if self.encoding not in get_args(Encoding):
-            raise ValueError(f"encoding must be one of {', '.join(get_args(Encoding))}, got {self.encoding!r}")
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        check_choice("encoding", self.encoding, get_args(Encoding))
+        check_choice("decoder", self.decoder, DECODERS)
         # Below 1 cell the Gaussian vanishes between neighbouring cells: UDP-DARK's log clamp (1e-3) then
         # flattens its stencil and the quarter offset sees no neighbour, so no stated floor would hold.
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not self.sigma >= 1:
-            raise ValueError(f"sigma must be a number of heatmap cells >= 1, got {self.sigma!r}")
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
-            raise ValueError(f"stride must be a positive integer, got {self.stride!r}")
+        check_number("sigma", self.sigma, at_least=1, unit=" heatmap cells")
+        check_integer("stride", self.stride)
 
 
 class HeatmapTargets(NamedTuple):
@@ -95,19 +94,19 @@ class Heatmap(Representation):
 
     def __init__(self, config: HeatmapConfig, input_size: tuple[int, int], num_keypoints: int):
         super().__init__(config, input_size, num_keypoints)
-        height, width = self.input_size
-        if height % config.stride or width % config.stride:
-            raise ValueError(f"input (H, W)={self.input_size} is not divisible by stride {config.stride}")
-        self.map_size = (height // config.stride, width // config.stride)
-        map_height, map_width = self.map_size
+        # the UDP cell spans two pixel centres: (W - 1) / (w - 1)
+        self.map_size = map_size(self.input_size, config.stride, min_cells=2 if config.encoding == "udp" else 1)
         if config.encoding == "udp":
-            if min(self.map_size) < 2:
-                raise ValueError(f"the UDP grid needs at least 2 cells per axis, got (h, w)={self.map_size}")
-            self.output_stride_px = ((width - 1) / (map_width - 1), (height - 1) / (map_height - 1))  # (x, y)
             self.origin_px = 0.5  # cell 0 on the first pixel centre
         else:
-            self.output_stride_px = (float(config.stride), float(config.stride))
             self.origin_px = config.stride / 2
+
+    @property
+    def output_stride_px(self) -> tuple[float, float]:
+        if self.config.encoding == "udp":
+            (height, width), (map_height, map_width) = self.input_size, self.map_size
+            return (width - 1) / (map_width - 1), (height - 1) / (map_height - 1)
+        return float(self.config.stride), float(self.config.stride)
 
     @classmethod
     def default_config(cls, input_size: tuple[int, int]) -> HeatmapConfig:

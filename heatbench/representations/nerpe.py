@@ -13,7 +13,7 @@ map at U0 queries per cell, then levels that double U and evaluate only a k x k 
 around the previous argmax, so the full high-resolution map is never built.
 
 Paper: Hu et al., "Continuous Heatmap Regression for Pose Estimation via Implicit Neural Representation",
-NeurIPS 2024; released code ``hushengxiang/NerPE`` @83f0c21 (``docs/methods.md`` section 7).
+NeurIPS 2024; released code github.com/hushengxiang/NerPE @83f0c21.
 
 Coordinates. heatbench's canonical coordinates (pixel i covers [i, i+1)) are NerPE's corner coordinates, so
 no half-pixel shift appears anywhere: a canonical point (x, y) of an (H, W) input is normalised isotropically
@@ -44,10 +44,9 @@ Choices the paper and release leave open, all ours:
 - progressive decoding (NerPE-p) is our reconstruction, since its settings are unreleased: U0 = 4, doubling
   to U = 32, a 9x9 window per keypoint on the grid of the finer level that covers the two finer queries of
   the previous argmax on each axis (with k = 9: three finer queries before them, four after), moved inside
-  the map at the borders. k = 9 is the smallest window whose decodings agreed with standard decoding within
-  one query step on >= 99% of the validation keypoints of our 64x64 reference model (k = 7: 97.5%), the
-  issue's bar; a trained map's peak is flatter than the ideal one, so the coarse argmax can sit up to two
-  coarse steps from the fine one, and a wider window still reads 12.7x fewer points than the dense map;
+  the map at the borders. k = 9, because a trained map's peak is flatter than the ideal one, so the coarse
+  argmax can sit up to two coarse steps from the fine one; ``run`` reports on every trained model how often
+  progressive and standard decoding agree within one query step;
 - test-time queries run in float32 with autocast off, whatever the features' dtype, so that the argmax does
   not suffer bf16 rounding.
 """
@@ -64,7 +63,7 @@ from torch import nn
 
 from .. import ops
 from ..decoders.argmax import max_last
-from ..representation import FlipPairs, Representation, init_head_
+from ..representation import FlipPairs, Representation, check_choice, check_integer, check_number, init_head_
 
 Sampling = Literal["uniform", "random"]
 Target = Literal["gaussian", "laplace"]
@@ -83,12 +82,6 @@ def _query_in_chunks(fn, points: torch.Tensor, elements_per_point: int) -> torch
     """``fn`` ((B, q, 2) -> (B, K, q)) over chunks of the (B, Q, 2) points, concatenated to (B, K, Q)."""
     chunk = max(1, _ELEMENTS_PER_CHUNK // elements_per_point)
     return torch.cat([fn(part) for part in points.split(chunk, dim=1)], dim=-1)
-
-
-def _check_choice(name: str, value: str, literal) -> None:
-    choices = typing.get_args(literal)
-    if value not in choices:
-        raise ValueError(f"NerPEConfig.{name}={value!r}; choose one of {', '.join(map(repr, choices))}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,26 +104,23 @@ class NerPEConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(width) for width in self.hidden))
-        _check_choice("sampling", self.sampling, Sampling)
-        _check_choice("target", self.target, Target)
-        _check_choice("decoding", self.decoding, Decoding)
-        positive = ("cells", "channels", "samples_per_axis", "queries_per_cell", "progressive_start")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"NerPEConfig.{name}={getattr(self, name)} must be at least 1")
+        check_choice("sampling", self.sampling, typing.get_args(Sampling))
+        check_choice("target", self.target, typing.get_args(Target))
+        check_choice("decoding", self.decoding, typing.get_args(Decoding))
+        for name in ("cells", "channels", "samples_per_axis", "queries_per_cell", "progressive_start"):
+            check_integer(name, getattr(self, name))
         if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"NerPEConfig.hidden={self.hidden} must be a non-empty tuple of positive widths")
-        if self.pe_frequencies < 0:
-            raise ValueError(f"NerPEConfig.pe_frequencies={self.pe_frequencies} must be >= 0")
-        if self.sigma <= 0 or self.laplace_b <= 0:
-            raise ValueError(f"NerPEConfig.sigma={self.sigma} and laplace_b={self.laplace_b} must be positive")
+            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {self.hidden}")
+        check_integer("pe_frequencies", self.pe_frequencies, minimum=0)
+        check_number("sigma", self.sigma, above=0)
+        check_number("laplace_b", self.laplace_b, above=0)
         levels, remainder = divmod(self.queries_per_cell, self.progressive_start)
         if self.decoding == "progressive" and (remainder or levels & (levels - 1)):
-            raise ValueError(f"NerPEConfig.queries_per_cell={self.queries_per_cell} must be progressive_start="
+            raise ValueError(f"queries_per_cell={self.queries_per_cell} must be progressive_start="
                              f"{self.progressive_start} times a power of two (each progressive level doubles U)")
         if self.progressive_window < 2:
             # the window must at least hold the two finer queries that split the previous argmax
-            raise ValueError(f"NerPEConfig.progressive_window={self.progressive_window} must be at least 2")
+            raise ValueError(f"progressive_window={self.progressive_window} must be at least 2")
 
 
 # --- the MLP and the neck --------------------------------------------------------------------------------

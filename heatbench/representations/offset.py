@@ -2,8 +2,7 @@
 
 Method: each keypoint gets a class map on the stride-``stride`` grid and two offset maps (x, y) that point
 from a map cell to the keypoint; decoding takes the argmax of the class map and adds the offset read there,
-so the quantisation of the argmax is undone by regression instead of by a Taylor step. Two variants
-(methods.md §2):
+so the quantisation of the argmax is undone by regression instead of by a Taylor step. Two variants:
 
 - ``udp_combined`` (default): mmpose's ``UDPHeatmap(heatmap_type='combined')`` with ``CombinedTargetMSELoss``
   (Huang et al., "The Devil is in the Details: Delving into Unbiased Data Processing for Human Pose
@@ -21,7 +20,7 @@ so the quantisation of the argmax is undone by regression instead of by a Taylor
   of supervised entries). Decode: argmax of the raw map plus the offset read there. Score: the maximum.
 
 Coordinates: canonical input pixels at the boundary; inside, each variant uses its own map grid and converts
-back in ``decode`` (conventions.md). ``udp_combined`` uses UDP's grid, u = x_pc·(w - 1)/(W - 1) with the
+back in ``decode`` (``docs/conventions.md``). ``udp_combined`` uses UDP's grid, u = x_pc·(w - 1)/(W - 1) with the
 pixel-centre coordinate x_pc = x - 0.5 (back: x = u·(W - 1)/(w - 1) + 0.5); ``centernet`` uses the
 project's grid, cell i centred at canonical x = (i + 0.5)·s, u = x/s - 0.5 (ours:
 heatbench's crop is exact in canonical coordinates, so the classic u = x_pc/s grid that compensates
@@ -63,7 +62,6 @@ map px, and the same rule elsewhere, as the ``heatmap`` representation).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import ClassVar, Literal, NamedTuple, get_args
 
 import torch
@@ -71,7 +69,8 @@ from torch import nn
 
 from .. import ops
 from ..decoders.argmax import argmax_2d, take_2d
-from ..representation import FlipPairs, Representation, check_feature_stride, init_head_
+from ..representation import (FlipPairs, Representation, check_choice, check_feature_stride, check_integer,
+                              check_number, init_head_, map_size)
 
 Variant = Literal["udp_combined", "centernet"]
 
@@ -92,16 +91,11 @@ class OffsetConfig:
     blur_kernel: int = 11             # udp_combined: the decode blur has 2 * blur_kernel + 1 taps (mmpose)
 
     def __post_init__(self):
-        if self.variant not in get_args(Variant):
-            raise ValueError(f"offset: variant must be one of {', '.join(get_args(Variant))}, got {self.variant!r}")
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
-            raise ValueError(f"offset: stride must be a positive integer, got {self.stride!r}")
-        if isinstance(self.blur_kernel, bool) or not isinstance(self.blur_kernel, int) or self.blur_kernel < 0:
-            raise ValueError(f"offset: blur_kernel must be a non-negative integer, got {self.blur_kernel!r}")
-        for name in ("sigma", "radius_factor"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"offset: {name} must be a positive number, got {value!r}")
+        check_choice("variant", self.variant, get_args(Variant))
+        check_integer("stride", self.stride)
+        check_integer("blur_kernel", self.blur_kernel, minimum=0)
+        check_number("sigma", self.sigma, above=0)
+        check_number("radius_factor", self.radius_factor, above=0)
 
 
 class OffsetOutputs(NamedTuple):
@@ -143,11 +137,7 @@ class Offset(Representation):
         super().__init__(config, input_size, num_keypoints)
         height, width = self.input_size
         stride = config.stride
-        if height % stride or width % stride:
-            raise ValueError(f"offset: input (H, W)={self.input_size} is not divisible by the stride {stride}")
-        map_height, map_width = height // stride, width // stride
-        if map_height < 2 or map_width < 2:
-            raise ValueError(f"offset: the {map_height}x{map_width} map of input {self.input_size} is too small")
+        map_height, map_width = map_size(self.input_size, stride, min_cells=2)
         # u = (x - origin) * scale per axis (x, y), canonical input px -> map index units.
         if config.variant == "udp_combined":
             self._origin = (0.5, 0.5)

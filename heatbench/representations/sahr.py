@@ -1,7 +1,7 @@
 """SAHR + WAHR: scale-adaptive and weight-adaptive heatmap regression, adapted to top-down.
 
 Method (Luo et al., "Rethinking the Heatmap Regression for Bottom-up Human Pose Estimation", CVPR 2021,
-https://arxiv.org/abs/2012.15175; code github.com/greatlog/SWAHR-HumanPose, methods.md §5). SAHR lets the
+https://arxiv.org/abs/2012.15175; code github.com/greatlog/SWAHR-HumanPose). SAHR lets the
 network choose the width of each keypoint's Gaussian: a second branch predicts a per-pixel scale α and the
 target becomes Ĥ = H^(1+α), i.e. σ_eff = σ0/√(1+α), in its second-order Taylor form
 Ĥ = H·(1 + α ln H + ½ α² ln² H) on the support of H (ln H := 0 where H = 0), with the regulariser
@@ -13,7 +13,7 @@ keypoint weight. The two flags give the ablation as one table: ``scale_adaptive`
 scaled target and the regulariser) and ``weight_adaptive`` (WAHR: W); with both off the loss is exactly
 ``JointsMSELoss`` (½·mean((w·P - w·G)²)), the ``heatmap`` baseline's.
 
-Top-down adaptation (methods.md §5's proposal): the MSRA Gaussian of §1 with its σ0 per input size instead
+Top-down adaptation (ours; the paper is bottom-up): the MSRA Gaussian of §1 with its σ0 per input size instead
 of the bottom-up σ0 = 2; the α branch on the shared stride-4 features, as the code's ``conv_scale_layers``:
 1x1 conv C -> K, BN, ReLU, depthwise 9x9 conv (groups K, padding 4), no activation. Init as the code's
 ``init_weights`` (``lib/models/pose_higher_hrnet.py``): every conv N(0, 0.001) with bias 0 and BN 1 and 0, then
@@ -28,7 +28,7 @@ an exact column reversal of both maps. Encodings: ``unbiased`` (default): centre
 The weight is 0 for unlabelled or non-finite keypoints and where the 3σ0 window misses the map.
 
 Choices the paper leaves open (ours):
-- α is clamped to [-0.9, 1] in the target (methods.md's suggestion: the Taylor form holds only for small
+- α is clamped to [-0.9, 1] in the target (ours: the Taylor form holds only for small
   |α|, and 1 + α > 0 keeps σ_eff finite), while the regulariser acts on the unclamped α, so an α pushed
   past a bound (where the clamp passes no gradient) is still pulled back towards 0.
 - S, the support on which α scales the target and is regularised and on which WAHR's H^γ is taken, is the
@@ -57,7 +57,8 @@ from torch import nn
 
 from .. import ops
 from ..decoders import get_decoder
-from ..representation import FlipPairs, Representation, check_feature_stride, init_head_
+from ..representation import (FlipPairs, Representation, check_choice, check_feature_stride, check_flag,
+                              check_integer, check_number, init_head_, map_size)
 
 Encoding = Literal["msra", "unbiased"]
 DecoderName = Literal["argmax", "quarter_offset", "dark"]
@@ -80,22 +81,15 @@ class SAHRConfig:
     reg_weight: float = 1.0         # λ_reg of the α regulariser (the code's weight)
 
     def __post_init__(self):
-        for flag in ("scale_adaptive", "weight_adaptive"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"sahr: {flag} must be true or false, got {getattr(self, flag)!r}")
-        if self.encoding not in get_args(Encoding):
-            raise ValueError(f"sahr: encoding must be one of {', '.join(get_args(Encoding))}, got {self.encoding!r}")
-        if self.decoder not in get_args(DecoderName):
-            raise ValueError(f"sahr: decoder must be one of {', '.join(get_args(DecoderName))}, got {self.decoder!r}")
+        check_flag("scale_adaptive", self.scale_adaptive)
+        check_flag("weight_adaptive", self.weight_adaptive)
+        check_choice("encoding", self.encoding, get_args(Encoding))
+        check_choice("decoder", self.decoder, get_args(DecoderName))
         # Below 1 cell the Gaussian vanishes between neighbouring cells and no decoder floor holds (see heatmap).
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not self.sigma >= 1:
-            raise ValueError(f"sahr: sigma must be a number of heatmap cells >= 1, got {self.sigma!r}")
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
-            raise ValueError(f"sahr: stride must be a positive integer, got {self.stride!r}")
-        if not (math.isfinite(self.gamma) and self.gamma > 0):
-            raise ValueError(f"sahr: gamma must be a positive exponent, got {self.gamma}")
-        if not (math.isfinite(self.reg_weight) and self.reg_weight >= 0):
-            raise ValueError(f"sahr: reg_weight must be non-negative, got {self.reg_weight}")
+        check_number("sigma", self.sigma, at_least=1, unit=" heatmap cells")
+        check_integer("stride", self.stride)
+        check_number("gamma", self.gamma, above=0)
+        check_number("reg_weight", self.reg_weight, at_least=0)
 
 
 class SAHROutputs(NamedTuple):
@@ -141,9 +135,7 @@ class SAHR(Representation):
 
     def __init__(self, config: SAHRConfig, input_size: tuple[int, int], num_keypoints: int):
         super().__init__(config, input_size, num_keypoints)
-        height, width = self.input_size
-        if height % config.stride or width % config.stride:
-            raise ValueError(f"sahr: input (H, W)={self.input_size} is not divisible by stride {config.stride}")
+        map_size(self.input_size, config.stride)
 
     @classmethod
     def default_config(cls, input_size: tuple[int, int]) -> SAHRConfig:

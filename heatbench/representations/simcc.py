@@ -60,7 +60,8 @@ from torch import nn
 from .. import ops
 from ..decoders.argmax import max_last
 from ..decoders.dark import dark_1d
-from ..representation import FlipPairs, Representation, init_head_, is_finite_number, zip_tensors
+from ..representation import (FlipPairs, Representation, check_choice, check_flag, check_number, init_head_,
+                              map_size, zip_tensors)
 
 Label = Literal["gaussian", "onehot"]
 _LABELS = get_args(Label)
@@ -76,16 +77,11 @@ class SimCCConfig:
     use_dark: bool = False         # refine the argmax with 1-D DARK (mmpose)
 
     def __post_init__(self):
-        if self.label not in _LABELS:
-            raise ValueError(f"label must be one of {', '.join(_LABELS)}, got {self.label!r}")
-        if not (is_finite_number(self.split_ratio) and self.split_ratio > 0):
-            raise ValueError(f"split_ratio must be a positive number of bins per pixel, got {self.split_ratio!r}")
-        if not (is_finite_number(self.sigma) and self.sigma > 0):
-            raise ValueError(f"sigma must be a positive width in bins, got {self.sigma!r}")
-        if not (is_finite_number(self.label_smoothing) and 0 <= self.label_smoothing < 1):
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if not isinstance(self.use_dark, bool):
-            raise ValueError(f"use_dark must be true or false, got {self.use_dark!r}")
+        check_choice("label", self.label, _LABELS)
+        check_number("split_ratio", self.split_ratio, above=0, unit=" bins per pixel")
+        check_number("sigma", self.sigma, above=0, unit=" bins")
+        check_number("label_smoothing", self.label_smoothing, at_least=0, below=1)
+        check_flag("use_dark", self.use_dark)
 
 
 # (H, W) -> the paper's configuration at that input size; see the module docstring for the sources.
@@ -168,10 +164,7 @@ class SimCC(Representation):
         return self.bins
 
     def build_head(self, in_channels: int, in_stride: int) -> nn.Module:
-        height, width = self.input_size
-        if height % in_stride or width % in_stride:
-            raise ValueError(f"input (H, W)={self.input_size} is not divisible by the feature stride {in_stride}")
-        return SimCCHead(in_channels, self.num_keypoints, (height // in_stride, width // in_stride), self.bins)
+        return SimCCHead(in_channels, self.num_keypoints, map_size(self.input_size, in_stride), self.bins)
 
     def _axis_label(self, coord: torch.Tensor, num_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
         """coord (B, K) canonical px -> label (B, K, N) and (B, K) bool: whether the label lies on the bins."""

@@ -77,7 +77,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..representation import FlipPairs, Representation, is_finite_number, keypoint_map_head
+from ..decoders.argmax import argmax_window
+from ..representation import (FlipPairs, Representation, check_choice, check_integer, check_number,
+                              keypoint_map_head, map_size)
 
 Variant = Literal["ipr", "dsnt", "debias"]
 _VARIANTS = get_args(Variant)
@@ -96,16 +98,12 @@ class SoftArgmaxConfig:
     stride: int = 4            # input px per map cell; must equal the feature stride
 
     def __post_init__(self):
-        if self.variant not in _VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(_VARIANTS)}, got {self.variant!r}")
-        if self.beta is not None and not (is_finite_number(self.beta) and self.beta > 0):
-            raise ValueError(f"beta must be a positive number (or None for the variant's value), got {self.beta!r}")
-        if not (is_finite_number(self.js_weight) and self.js_weight >= 0):
-            raise ValueError(f"js_weight must be a non-negative number, got {self.js_weight!r}")
-        if not (is_finite_number(self.js_sigma) and self.js_sigma > 0):
-            raise ValueError(f"js_sigma must be a positive width in cells, got {self.js_sigma!r}")
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
-            raise ValueError(f"stride must be a positive integer, got {self.stride!r}")
+        check_choice("variant", self.variant, _VARIANTS)
+        if self.beta is not None:  # None: the variant's value
+            check_number("beta", self.beta, above=0)
+        check_number("js_weight", self.js_weight, at_least=0)
+        check_number("js_sigma", self.js_sigma, above=0, unit=" cells")
+        check_integer("stride", self.stride)
 
     @property
     def softmax_beta(self) -> float:
@@ -161,10 +159,7 @@ class SoftArgmax(Representation):
 
     def __init__(self, config: SoftArgmaxConfig, input_size: tuple[int, int], num_keypoints: int):
         super().__init__(config, input_size, num_keypoints)
-        height, width = self.input_size
-        if height % config.stride or width % config.stride:
-            raise ValueError(f"input (H, W)={self.input_size} is not divisible by stride {config.stride}")
-        self.map_size = (height // config.stride, width // config.stride)  # (h, w)
+        self.map_size = map_size(self.input_size, config.stride)
 
     def resolved_config(self) -> dict:
         return {**super().resolved_config(), "beta": self.config.softmax_beta}
@@ -220,7 +215,7 @@ class SoftArgmax(Representation):
     def decode(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, K, h, w) -> (B, K, 2) canonical keypoints and (B, K) 3 x 3 peak masses."""
         mu, weights, total, _ = self._locate(outputs)
-        _, window = ops.argmax_window(weights, radius=1)
+        _, window = argmax_window(weights, radius=1)
         return mu * self.config.stride, window.sum(dim=(-2, -1)) / total
 
     def flip_back(self, outputs: torch.Tensor, flip_pairs: FlipPairs) -> torch.Tensor:

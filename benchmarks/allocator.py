@@ -1,4 +1,7 @@
-"""The memory-allocator settings that ``import heatbench`` makes for the process, and why.
+"""The memory-allocator settings that the benchmarks run with (``benchmarks/conftest.py``), and why.
+
+heatbench itself sets none of them: they move codec micro-benchmarks, not a training step, and a library must
+not change a process that merely imports it.
 
 1. Transparent huge pages for PyTorch's CPU tensors of 2 MiB and more (``THP_MEM_ALLOC_ENABLE=1``; NumPy
    does the same by default), so that a fresh batch of maps is not faulted in 4 KiB pages at a time. In
