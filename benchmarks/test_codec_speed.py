@@ -62,6 +62,32 @@ def reference_decode(representation, maps: np.ndarray) -> tuple[np.ndarray, np.n
     return coords, scores
 
 
+def check_encoding(representation, keypoints: torch.Tensor, visible: torch.Tensor) -> np.ndarray:
+    """The batched encoding equals the reference's (also run by the default tests at small batches); its maps."""
+    maps, weights = reference_encode(representation, keypoints.numpy())
+    targets = representation.encode(keypoints, visible)
+    # float32 exp of the same arguments, computed in different orders
+    np.testing.assert_allclose(targets.heatmaps.numpy(), maps, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(targets.weights.numpy(), weights)
+    return maps
+
+
+def noisy_ideal_maps(representation, keypoints: torch.Tensor) -> torch.Tensor:
+    maps = representation.ideal_outputs(keypoints, torch.ones(keypoints.shape[:2]))
+    return maps + 0.01 * torch.rand(maps.shape, generator=torch.Generator().manual_seed(1))  # a trained map's noise
+
+
+def check_decoding(representation, maps: torch.Tensor) -> None:
+    """The batched decoding equals the reference's (also run by the default tests at small batches)."""
+    coords, scores = reference_decode(representation, maps.numpy())
+    decoded, decoded_scores = representation.decode(maps)
+    # Blurs summed in different orders move the Newton step by float32 rounding: ~1e-6 cells mostly, up to
+    # ~5e-4 cells (2e-3 input px at 64x64) at an edge-padded border peak, whose x-gradient is a difference of
+    # nearly equal logs; there both are that far from the float64 answer.
+    np.testing.assert_allclose(decoded.numpy(), coords, rtol=0, atol=5e-3)
+    np.testing.assert_array_equal(decoded_scores.numpy(), scores)
+
+
 # --- the benchmarks --------------------------------------------------------------------------------------
 
 
@@ -70,11 +96,7 @@ def reference_decode(representation, maps: np.ndarray) -> tuple[np.ndarray, np.n
 def test_encode(benchmark, input_size, encoding):
     representation = build_representation("heatmap", input_size, KEYPOINTS, encoding=encoding)
     keypoints, visible = uniform_keypoints(input_size), torch.ones(BATCH, KEYPOINTS)
-    maps, weights = reference_encode(representation, keypoints.numpy())
-    targets = representation.encode(keypoints, visible)
-    # float32 exp of the same arguments, computed in different orders
-    np.testing.assert_allclose(targets.heatmaps.numpy(), maps, rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(targets.weights.numpy(), weights)
+    maps = check_encoding(representation, keypoints, visible)
     benchmark(representation.encode, keypoints, visible)
     report(benchmark, f"encode {encoding} {input_size}", lambda: representation.encode(keypoints, visible),
            lambda: reference_encode(representation, keypoints.numpy()), lambda: torch.ones(maps.shape))
@@ -84,15 +106,8 @@ def test_encode(benchmark, input_size, encoding):
 @pytest.mark.parametrize("decoder", ["argmax", "quarter_offset", "dark", "udp_dark"])
 def test_decode(benchmark, input_size, decoder):
     representation = build_representation("heatmap", input_size, KEYPOINTS, decoder=decoder)
-    maps = representation.ideal_outputs(uniform_keypoints(input_size), torch.ones(BATCH, KEYPOINTS))
-    maps = maps + 0.01 * torch.rand(maps.shape, generator=torch.Generator().manual_seed(1))  # a trained map's noise
-    coords, scores = reference_decode(representation, maps.numpy())
-    decoded, decoded_scores = representation.decode(maps)
-    # Blurs summed in different orders move the Newton step by float32 rounding: ~1e-6 cells mostly, up to
-    # ~5e-4 cells (2e-3 input px at 64x64) at an edge-padded border peak, whose x-gradient is a difference of
-    # nearly equal logs; there both are that far from the float64 answer.
-    np.testing.assert_allclose(decoded.numpy(), coords, rtol=0, atol=5e-3)
-    np.testing.assert_array_equal(decoded_scores.numpy(), scores)
+    maps = noisy_ideal_maps(representation, uniform_keypoints(input_size))
+    check_decoding(representation, maps)
     benchmark(representation.decode, maps)
     report(benchmark, f"decode {decoder} {input_size}", lambda: representation.decode(maps),
            lambda: reference_decode(representation, maps.numpy()), lambda: maps.amax(dim=(-2, -1)))

@@ -357,6 +357,30 @@ def with_noise(outputs):
     return map_tensors(lambda tensor: tensor + 0.01 * torch.rand(tensor.shape, generator=generator), outputs)
 
 
+def check_encoding(representation, keypoints: torch.Tensor, visible: torch.Tensor):
+    """The batched encoding equals the reference's, field by field (also run by the default tests at small
+    batches); the targets."""
+    reference = REFERENCES[representation.name]
+    torch.manual_seed(0)  # NerPE's training queries: both sides draw them from torch's global RNG
+    targets = representation.encode(keypoints, visible)
+    torch.manual_seed(0)
+    expected = reference.encode(representation, keypoints.numpy())
+    for field in targets._fields:
+        np.testing.assert_allclose(getattr(targets, field).numpy(), expected[field], rtol=0,
+                                   atol=reference.encode_atol[field], err_msg=field)
+    return targets
+
+
+def check_decoding(representation, outputs) -> None:
+    """The batched decoding equals the reference's (also run by the default tests at small batches)."""
+    reference = REFERENCES[representation.name]
+    coords, scores = reference.decode(representation, outputs)
+    decoded, decoded_scores = representation.decode(outputs)
+    coords_atol, scores_atol = reference.decode_atol
+    np.testing.assert_allclose(decoded.numpy(), coords, rtol=0, atol=coords_atol)
+    np.testing.assert_allclose(decoded_scores.numpy(), scores, rtol=0, atol=scores_atol)
+
+
 def test_every_builtin_representation_has_a_reference():
     builtins = {name for name in available_representations()
                 if registry.get(name).__module__.startswith("heatbench.representations.")}
@@ -368,13 +392,7 @@ def test_every_builtin_representation_has_a_reference():
 def test_encode(benchmark, input_size, name):
     representation, reference = build_representation(name, input_size, KEYPOINTS), REFERENCES[name]
     keypoints, visible = uniform_keypoints(input_size), torch.ones(BATCH, KEYPOINTS)
-    torch.manual_seed(0)  # NerPE's training queries: both sides draw them from torch's global RNG
-    targets = representation.encode(keypoints, visible)
-    torch.manual_seed(0)
-    expected = reference.encode(representation, keypoints.numpy())
-    for field in targets._fields:
-        np.testing.assert_allclose(getattr(targets, field).numpy(), expected[field], rtol=0,
-                                   atol=reference.encode_atol[field], err_msg=field)
+    targets = check_encoding(representation, keypoints, visible)
     benchmark(representation.encode, keypoints, visible)
     report(benchmark, f"encode {name} {input_size}", lambda: representation.encode(keypoints, visible),
            lambda: reference.encode(representation, keypoints.numpy()),
@@ -386,11 +404,7 @@ def test_encode(benchmark, input_size, name):
 def test_decode(benchmark, input_size, name):
     representation, reference = build_representation(name, input_size, KEYPOINTS), REFERENCES[name]
     outputs = with_noise(representation.ideal_outputs(uniform_keypoints(input_size), torch.ones(BATCH, KEYPOINTS)))
-    coords, scores = reference.decode(representation, outputs)
-    decoded, decoded_scores = representation.decode(outputs)
-    coords_atol, scores_atol = reference.decode_atol
-    np.testing.assert_allclose(decoded.numpy(), coords, rtol=0, atol=coords_atol)
-    np.testing.assert_allclose(decoded_scores.numpy(), scores, rtol=0, atol=scores_atol)
+    check_decoding(representation, outputs)
     benchmark(representation.decode, outputs)
     reads = reference.decode_reads(representation, outputs)
     report(benchmark, f"decode {name} {input_size}", lambda: representation.decode(outputs),

@@ -150,8 +150,8 @@ def write_floor_table(rows: list[dict], out_dir: Path) -> str:
     """
     origin = results.provenance(torch.device("cpu"))
     preface = _PREAMBLE + f"Made by `{origin['command']}` at commit {origin['git_commit']}.\n\n"
-    table = tabulate([[row[column] for column in COLUMNS] for row in rows], headers=COLUMNS,
-                     tablefmt="github", floatfmt=".4f")
+    table = tabulate([[results.format_cell(row, column) for column in COLUMNS] for row in rows], headers=COLUMNS,
+                     tablefmt="github", disable_numparse=True)
     with results.atomic_directory(Path(out_dir)) as staging:
         with open(staging / "table.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS)

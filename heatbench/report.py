@@ -38,7 +38,7 @@ from tabulate import tabulate
 from .errors import HeatbenchError
 from .metrics import keypoint_errors
 from .parsing import size_name
-from .results import atomic_directory
+from .results import atomic_directory, format_cell
 from .stats import CONFIDENCE, paired_bootstrap
 
 REPORT = "report.md"
@@ -306,10 +306,8 @@ def _plot_curves(entries: list[Entry], colours: dict[str, str]) -> Figure:
 
 
 def _cell(entry: Entry, key: str, spread: bool = True) -> str:
-    if entry.row.get(key) is None:
-        return ""
-    value, std = entry.row[key], _spread(entry, key) if spread else None
-    return f"{value:.4g}" + (f" ± {std:.2g}" if std is not None else "")
+    std = _spread(entry, key) if spread else None
+    return format_cell({key: entry.row.get(key), **({f"{key}_std": std} if std is not None else {})}, key)
 
 
 def _not_learned(entries: list[Entry]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -88,22 +89,56 @@ def provenance(device: torch.device) -> dict:
     }
 
 
-def _cell(row: dict, key: str):
-    """A Markdown cell: ``mean ± std`` where the row has a spread over seeds for ``key``; blank without ``key``."""
+SIGNIFICANT_DIGITS = 3
+COUNT_KEYS = ("head_params", "total_params")  # parameter counts, written 15.4 M
+
+
+def format_number(value: float, decimals: int | None = None) -> str:
+    """``value`` to SIGNIFICANT_DIGITS (or to ``decimals`` places): 2.24, 0.424, 1069; tiny values as 1.97e-07."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    if decimals is None:
+        if abs(value) < 1e-3:
+            return f"{value:.{SIGNIFICANT_DIGITS - 1}e}"
+        decimals = max(0, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
+def format_count(value: float) -> str:
+    """A count for people: 4369 -> 4.37 k, 15381000 -> 15.4 M."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{format_number(value / scale)} {unit}"
+    return f"{value:g}"
+
+
+def format_cell(row: dict, key: str) -> str:
+    """A Markdown cell: numbers to SIGNIFICANT_DIGITS, ``mean ± std`` (the spread to the mean's decimals)
+    where the row has a ``<key>_std``, parameter counts with a unit; blank without ``key``."""
     value, spread = row.get(key), row.get(f"{key}_std")
-    return f"{value:.4g} ± {spread:.2g}" if spread is not None else value
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if key in COUNT_KEYS:
+        return format_count(value)
+    if isinstance(value, int) and spread is None:
+        return str(value)
+    text = format_number(value)
+    if spread is None:
+        return text
+    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else None
+    return f"{text} ± {format_number(spread, decimals)}"
 
 
-def write_table(directory: Path, rows: list[dict], headers: dict[str, str], preface: str = "",
-                floatfmt: str = ".4g") -> str:
-    """Write ``table.csv`` (every scalar field of the rows) and ``table.md`` (``preface``, then the
-    ``headers`` columns, renamed, as ``mean ± std`` where a ``<key>_std`` field exists). Returns the table.
-    """
+def write_table(directory: Path, rows: list[dict], headers: dict[str, str], preface: str = "") -> str:
+    """Write ``table.csv`` (every scalar field of the rows, full precision) and ``table.md`` (``preface``,
+    then the ``headers`` columns, renamed, formatted by ``format_cell``). Returns the table."""
     scalar_keys = [key for key in dict.fromkeys(k for row in rows for k in row)
                    if all(not isinstance(row.get(key), (list, tuple, dict)) for row in rows)]
     pd.DataFrame(rows, columns=scalar_keys).to_csv(directory / "table.csv", index=False)
-    shown = [{title: _cell(row, key) for key, title in headers.items()} for row in rows]  # every row, every column
-    markdown = tabulate(shown, headers="keys", tablefmt="github", floatfmt=floatfmt)
+    shown = [{title: format_cell(row, key) for key, title in headers.items()} for row in rows]
+    markdown = tabulate(shown, headers="keys", tablefmt="github", disable_numparse=True)
     (directory / "table.md").write_text(preface + markdown + "\n")
     return markdown
 

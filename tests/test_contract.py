@@ -2,7 +2,10 @@
 
 The registry is the test matrix: a representation added later is checked here without new test code.
 """
+import dataclasses
+import json
 import math
+from importlib.metadata import entry_points
 
 import pytest
 import torch
@@ -30,8 +33,12 @@ def _forward(representation, batch: int):
     return head, head(features)
 
 
-def test_registry_lists_every_builtin():
-    assert {"heatmap", "simcc", "nerpe"} <= set(NAMES)
+BUILTINS = {"heatmap", "offset", "softargmax", "simcc", "sahr", "hdm", "nerpe"}
+
+
+def test_registry_lists_every_builtin_from_heatbenchs_own_entry_points():
+    own = {entry.name for entry in entry_points(group=registry.ENTRY_POINT_GROUP) if entry.dist.name == "heatbench"}
+    assert own == BUILTINS and BUILTINS <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -97,7 +104,11 @@ def test_unlabelled_and_nan_keypoints_never_make_the_loss_nan(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_config_is_plain_data_and_rejects_unknown_fields(name):
     representation = heatbench.build_representation(name, input_size=(64, 64), num_keypoints=K)
-    assert isinstance(representation.resolved_config(), dict)
+    resolved = representation.resolved_config()
+    json.dumps(resolved)  # what results.json records: plain data, or this raises
+    fields = {field.name: resolved[field.name] for field in dataclasses.fields(representation.config)}
+    rebuilt = heatbench.build_representation(name, input_size=(64, 64), num_keypoints=K, **fields)
+    assert rebuilt.resolved_config() == resolved  # the record remakes the representation
     with pytest.raises(ConfigError, match="no_such_field"):
         heatbench.build_representation(name, input_size=(64, 64), num_keypoints=K, no_such_field=1)
 

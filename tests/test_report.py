@@ -2,6 +2,7 @@
 import json
 import re
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 
 from heatbench.cli import main
 from heatbench.errors import HeatbenchError
-from heatbench.report import FIGURES, REPORT, write_report
+from heatbench.report import FIGURES, REPORT, Entry, _comparisons, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_FILES = ("results.json", "predictions.npz", "table.md", "table.csv", "curves.csv")
@@ -76,10 +77,25 @@ def test_paired_comparison_states_a_winner_only_when_the_interval_excludes_zero(
                                          ["64x64", "heatmap", "simcc"]]  # every row also against the mean pose
     for row in rows:
         low, high = map(float, re.fullmatch(r"\[(\S+), (\S+)\]", row[4]).groups())
-        if low > 0 or high < 0:
-            assert "beats" in row[6]
-        else:
-            assert row[6] == "no significant difference"
+        assert ("beats" in row[6]) == (low > 0 or high < 0)
+
+
+def test_a_clear_difference_is_a_win_and_a_tie_is_not():
+    generator = np.random.default_rng(0)
+    images, keypoints = 40, 5
+    image_ids, visible = np.arange(images), np.ones((images, keypoints))
+    run = SimpleNamespace(record={"train": {"epochs": 1}, "data": {"flip_test": False}})
+
+    def entry(label, errors, baseline=False):
+        row = {"input": "64x64", "seeds": [0], **({"baseline": True} if baseline else {})}
+        return Entry(label, run, row, errors[None], visible > 0)
+
+    accurate = 1 + 0.1 * generator.standard_normal((images, keypoints))
+    tie = accurate[::-1].copy()  # the same errors on other images: no difference on average
+    entries = [entry("mean pose", accurate + 4, baseline=True), entry("a", accurate), entry("b", tie)]
+    verdicts = {tuple(row[1:3]): row[6] for row in _table_rows(_comparisons(entries, image_ids, visible))}
+    assert verdicts == {("mean pose", "a"): "**a beats mean pose**", ("mean pose", "b"): "**b beats mean pose**",
+                        ("a", "b"): "no significant difference"}
 
 
 def test_report_into_the_run_directory_adds_files_and_keeps_the_run(run_dir, tmp_path):

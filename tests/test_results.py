@@ -29,7 +29,7 @@ def test_atomic_directory_replaces_a_finished_run_only_when_complete(tmp_path):
 def test_table_shows_mean_and_spread_where_seeds_vary(tmp_path):
     rows = [{"representation": "a", "error": 1.5, "error_std": 0.25, "losses": [1, 2]}]
     markdown = write_table(tmp_path, rows, {"representation": "repr", "error": "error (px)"})
-    assert "1.5 ± 0.25" in markdown
+    assert "1.50 ± 0.25" in markdown
     assert (tmp_path / "table.csv").read_text().splitlines()[0] == "representation,error,error_std"
 
 
