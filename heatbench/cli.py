@@ -17,7 +17,7 @@ from .representation import ConfigError
 
 def _add_run(commands) -> None:
     parser = commands.add_parser("run", help="train and evaluate representations; write a comparison table")
-    parser.add_argument("--repr", required=True, help="comma-separated representation names (see `heatbench list`)")
+    parser.add_argument("--repr", required=True, help="'all' or comma-separated names (see `heatbench list`)")
     parser.add_argument("--res", default="64", help="input sizes, N or HxW, comma-separated (default 64)")
     parser.add_argument("--data", default="default",
                         help="'default' (the embedded mirror-mouse set), a DeepLabCut CSV or a COCO/MPII JSON")

@@ -286,7 +286,9 @@ def merge(directories: list[Path], target: Path) -> str:
             arrays.update({name: stored[name] for name in stored.files})
     sources = [source for record in records for source in _sources(record)]
     record = {key: value for key, value in records[0].items() if key not in ("rows", "seed_rows")}
-    baselines = {row["input"]: row for record in records for row in record.get("baselines", [])}
+    baselines: dict[str, dict] = {}  # per input, the union of the runs' baseline fields (older runs lack some)
+    for row in (row for record in records for row in record.get("baselines", [])):
+        baselines[row["input"]] = {**row, **baselines.get(row["input"], {})}
     record.update(run=target.name, shard=None, seeds=sorted({row["seed"] for row in seed_rows}),
                   representations=representations, sources=sources, baselines=list(baselines.values()),
                   command=" ".join(["python -m heatbench merge", *map(str, directories), "--out", str(target)]),
