@@ -218,14 +218,19 @@ def sahr_decode(representation, outputs) -> tuple[np.ndarray, np.ndarray]:
     return coords, scores
 
 
-def hdm_decode(representation, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """``local_mean``: p = softmax over the map, the mean cell of p over the 3 x 3 cells around its argmax that
-    lie on the map, x = (i + 1/2) s; the score is their mass."""
+def hdm_decode(representation, maps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``local_mean``: p = softplus(z) over its sum (or the softmax of z), the mean cell of p over the 3 x 3 cells
+    around its argmax that lie on the map, x = (i + 1/2) s; the score is their mass."""
     stride = representation.config.stride
-    logits = logits.numpy()
-    coords, scores = decoded_arrays(logits.shape[:2])
-    for b, k in np.ndindex(logits.shape[:2]):
-        patch, columns, rows = peak_neighbourhood(softmax(logits[b, k]))
+    maps = maps.numpy()
+    coords, scores = decoded_arrays(maps.shape[:2])
+    for b, k in np.ndindex(maps.shape[:2]):
+        if representation.config.normalisation == "softmax":
+            probs = softmax(maps[b, k])
+        else:
+            mass = np.logaddexp(0, maps[b, k])
+            probs = mass / mass.sum()
+        patch, columns, rows = peak_neighbourhood(probs)
         mass = patch.sum()
         coords[b, k] = (np.array([patch.sum(axis=0) @ columns, patch.sum(axis=1) @ rows]) / mass + 0.5) * stride
         scores[b, k] = mass

@@ -42,13 +42,13 @@ def exact_emd(supply: np.ndarray, demand: np.ndarray, cost: np.ndarray) -> float
 # --- configuration ---------------------------------------------------------------------------------------
 
 
-def test_defaults_are_subpixel_demanders_sinkhorn_and_the_local_mean():
-    assert HDM.default_config((256, 192)) == HDMConfig("subpixel", 0.05, 100, "local_mean", 1.0, 4)
+def test_defaults_are_subpixel_demanders_sinkhorn_the_local_mean_and_softplus():
+    assert HDM.default_config((256, 192)) == HDMConfig("subpixel", 0.05, 100, "local_mean", 1.0, 4, "softplus")
 
 
 @pytest.mark.parametrize("field, value", [
     ("demanders", "dense"), ("epsilon", 0.0), ("epsilon", math.nan), ("iterations", 0), ("iterations", 10.0),
-    ("decoder", "soft"), ("blur_sigma", -1.0), ("stride", 0),
+    ("decoder", "soft"), ("blur_sigma", -1.0), ("stride", 0), ("normalisation", "relu"),
 ])
 def test_invalid_config_field_is_rejected_by_name(field, value):
     with pytest.raises(ValueError, match=field):
@@ -117,9 +117,10 @@ def test_subpixel_and_naive_losses_agree_when_the_keypoint_is_on_a_cell_centre()
     assert math.isclose(losses[0].item(), losses[1].item(), rel_tol=1e-4)
 
 
+@pytest.mark.parametrize("normalisation", ["softplus", "softmax"])
 @pytest.mark.parametrize("demanders", ["naive", "subpixel"])
-def test_ideal_outputs_minimise_the_loss(demanders):
-    rep = make(demanders=demanders)
+def test_ideal_outputs_minimise_the_loss(demanders, normalisation):
+    rep = make(demanders=demanders, normalisation=normalisation)
     keypoints = random_keypoints((64, 64), K, seed=4, margin=12.0, batch=4)
     visible = torch.ones(4, K)
     targets = rep.encode(keypoints, visible)
@@ -133,12 +134,24 @@ def test_ideal_outputs_minimise_the_loss(demanders):
         assert at_ideal <= math.sqrt(2) / 2  # all mass in u's cell, at most half a cell diagonal from u
 
 
+def test_softplus_normalisation_is_softplus_over_its_sum_and_keeps_a_gradient_far_below_zero():
+    rep = make()
+    z = torch.tensor([[[[-300.0, -30.0], [0.0, 4.0]]]], dtype=torch.float64, requires_grad=True)
+    log_p = rep.log_probabilities(z)
+    mass = torch.nn.functional.softplus(z.detach()).flatten(-2)
+    assert torch.allclose(log_p[..., 1:].exp(), mass[..., 1:] / mass.sum(-1, keepdim=True), rtol=1e-12, atol=0)
+    assert log_p[..., 0].item() == pytest.approx(-300 - math.log(mass.sum().item()))  # where softplus underflows
+    log_p[..., 0].sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad[0, 0, 0, 0] > 0.99
+
+
 # --- round trip and flip ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("normalisation", ["softplus", "softmax"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_subpixel_ideal_decodes_exactly_with_the_local_mean(size):
-    rep = make(size)
+def test_subpixel_ideal_decodes_exactly_with_the_local_mean(size, normalisation):
+    rep = make(size, normalisation=normalisation)
     keypoints = random_keypoints(size, K, batch=8, seed=5, margin=2.0)  # the whole hull of the cell centres
     decoded, scores = rep.decode(rep.ideal_outputs(keypoints, torch.ones(8, K)))
     assert (decoded - keypoints).norm(dim=-1).max() <= rep.floor_tolerance_px
@@ -212,16 +225,19 @@ def test_nan_and_outside_keypoints_get_weight_zero_and_a_finite_gradient(demande
     assert torch.isfinite(loss) and torch.isfinite(outputs.grad).all()
 
 
+@pytest.mark.parametrize("normalisation", ["softplus", "softmax"])
 @pytest.mark.parametrize("demanders", ["naive", "subpixel"])
-def test_a_few_adam_steps_on_the_head_reduce_the_loss(demanders):
+def test_a_few_adam_steps_on_the_head_reduce_the_loss(demanders, normalisation):
     torch.manual_seed(12)
-    rep = make(demanders=demanders, iterations=30)  # fewer rounds keep the test fast; the loss is the same kind
+    # fewer Sinkhorn rounds keep the test fast; the loss is the same kind
+    rep = make(demanders=demanders, iterations=30, normalisation=normalisation)
     head = rep.build_head(in_channels=32, in_stride=4)
     features = torch.randn(2, 32, 16, 16)
     targets = rep.encode(random_keypoints((64, 64), K, batch=2, seed=13, margin=8.0), torch.ones(2, K))
-    losses = adam_losses(rep, head, features, targets, steps=30, lr=1e-2)
+    losses = adam_losses(rep, head, features, targets, steps=30, lr=3e-2)
     assert all(math.isfinite(value) for value in losses)
-    assert losses[-1] < 0.8 * losses[0]  # observed ratios after 30 steps: naive 0.69, subpixel 0.65
+    # observed ratios: softplus 0.80-0.82 (its map sharpens linearly in z), softmax 0.24 (exponentially)
+    assert losses[-1] < 0.9 * losses[0]
 
 
 def test_score_is_the_mass_of_the_3x3_window_at_the_peak():

@@ -73,11 +73,6 @@ def learned_fraction(name: str, train_set: KeypointDataset, val_set: KeypointDat
     return trained["mean_error_input_px"] / mean_pose(train_set, val_set, (SIZE, SIZE))["mean_error_input_px"]
 
 
-# HDM's softmax map collapses onto single cells within the first steps (all its 3 x 3 window mass on one cell,
-# predictions on a lattice two cells apart), where the softmax passes almost no gradient to the other cells.
-KNOWN_FAILURES = {"hdm": "the softmax map collapses onto single cells early and stops moving (docs/training.md)"}
-
-
 @pytest.fixture
 def two_threads():
     """The suite runs on one thread (conftest); this test is a training run, and CI has two cores."""
@@ -87,8 +82,7 @@ def two_threads():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=True))
-                                  if name in KNOWN_FAILURES else name for name in available_representations()])
+@pytest.mark.parametrize("name", available_representations())
 def test_every_representation_learns_the_dot_task_well_beyond_the_mean_pose(name, dots, two_threads):
     fraction = learned_fraction(name, *dots)
     assert fraction < LEARNED_FRACTION, f"{name}: {fraction:.2f} of the mean-pose error after {EPOCHS} epochs"

@@ -1,10 +1,10 @@
-"""Heatmap distribution matching (HDM): the softmax-normalised heatmap moved onto the dot annotation by the
+"""Heatmap distribution matching (HDM): the normalised heatmap moved onto the dot annotation by the
 Earth Mover's Distance, with no Gaussian target and no pixel-wise loss.
 
-Method. The head emits one logit map z (B, K, h, w) per keypoint at stride s; its softmax over the h·w cells,
-p = softmax(z), is a distribution of unit mass whose cells are the *suppliers*. The annotation is a dot u of
-unit mass, held by *demanders*, and the loss is the cost of the optimal transport of p onto them, with the
-Euclidean distance between cell centres, in cells, as the ground cost:
+Method. The head emits one map z (B, K, h, w) per keypoint at stride s, normalised over its h·w cells to a
+distribution p of unit mass, p = softplus(z) / sum softplus(z), whose cells are the *suppliers*. The
+annotation is a dot u of unit mass, held by *demanders*, and the loss is the cost of the optimal transport
+of p onto them, with the Euclidean distance between cell centres, in cells, as the ground cost:
 - ``naive``: one demander at u itself. The whole of p goes to it, so the EMD is sum_i p_i ||X_i - u||, in
   closed form. Its minimiser is all the mass on the cell nearest u: the naive loss quantises to the grid.
 - ``subpixel``: four demanders at the centres of the 2 x 2 cells around u, holding its bilinear weights (their
@@ -17,8 +17,14 @@ Paper: Qu, Xu, Cai, Foo, Liu, "Heatmap Distribution Matching for Human Pose Esti
 is public, so this reconstruction follows the paper's stated method only: the paper casts heatmap learning as
 matching the predicted heatmap (suppliers) to the dot annotation (demanders) by the EMD, drops the Gaussian
 target, and contrasts naive with sub-pixel demanders. Everything else here is ours:
-- the normalisation (softmax over the map, not ReLU + sum), and the 1x1 conv head on the shared features,
-  initialised as the heatmap head it replaces in a top-down model (N(0, 0.001), bias 0);
+- the 1x1 conv head on the shared features, initialised as the heatmap head it replaces in a top-down model
+  (N(0, 0.001), bias 0);
+- the normalisation: a non-negative map over its sum, as the heatmap of the model HDM is dropped into, made
+  non-negative by softplus (``normalisation="softplus"``) rather than ReLU, whose cells below 0 get no gradient.
+  A softmax (``"softmax"``) is the other natural choice, but it grows the peak exponentially in its logit: the
+  map collapses onto single cells within the first steps, and the cells that hold no mass, among them the
+  right ones, get a gradient proportional to that mass, so the model stops learning (on the learnability
+  test's dot task it ends at about half the mean-pose error, against a tenth for softplus or the heatmap);
 - the ground cost: the plain Euclidean distance in cells, the EMD's (Wasserstein-1) own, which makes the
   naive mode the closed form above and keeps both modes on one scale; a squared cost would be W2², whose
   minimiser and gradients differ (our ε is in cells, the unit of our cost);
@@ -50,13 +56,14 @@ p: on the perfect map that is the largest bilinear weight, anywhere in [¼, 1] d
 inside its cell; the window mass is 1 there wherever u falls, and at most 9 / (h·w) for a flat map.
 
 Flip test: the columns reversed and the pairs swapped (cell i mirrors cell w - 1 - i exactly); the merge
-averages logits (the base class's rule).
+averages the maps z before normalising (the base class's rule).
 
 Ideal outputs: what a network at the minimum of the loss emits -- for ``subpixel`` the bilinear split, for
-``naive`` all the mass on the cell that contains u -- as logits log p, with empty cells at the dtype's
-smallest normal number so the logits stay finite.
+``naive`` all the mass on the cell that contains u -- as the z that normalises to it, with empty cells at the
+dtype's smallest normal number so that z stays finite.
 
-Defaults at every input size (no per-resolution table exists): ``demanders="subpixel"``, ε = 0.05 cells,
+Defaults at every input size (no per-resolution table exists): ``normalisation="softplus"``,
+``demanders="subpixel"``, ε = 0.05 cells,
 100 iterations, ``decoder="local_mean"``, ``blur_sigma=1``, stride 4.
 """
 from __future__ import annotations
@@ -75,11 +82,15 @@ from ..representation import (FlipPairs, Representation, check_choice, check_int
                               keypoint_map_head, map_size)
 
 Demanders = Literal["naive", "subpixel"]
+Normalisation = Literal["softplus", "softmax"]
 DecoderName = Literal["local_mean", "argmax", "quarter_offset", "dark", "udp_dark"]
 _DEMANDERS = get_args(Demanders)
+_NORMALISATIONS = get_args(Normalisation)
 _DECODERS = get_args(DecoderName)
 _FLOAT_SLACK_PX = 1e-3  # float32 rounding of window means over maps of up to 64 x 48 cells, with a margin
-
+# Below this z, log softplus(z) = z to float precision (softplus(z) = e^z (1 - e^z / 2 ...)), and softplus(z)
+# itself would underflow where z keeps its gradient.
+_SOFTPLUS_LINEAR_BELOW = -20.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +101,10 @@ class HDMConfig:
     decoder: DecoderName = "local_mean"  # how p becomes a coordinate; see the module docstring
     blur_sigma: float = 1.0          # the DARK / UDP-DARK blur width in cells
     stride: int = 4                  # input px per map cell; must equal the feature stride
+    normalisation: Normalisation = "softplus"  # how the head's map becomes a distribution; see the docstring
 
     def __post_init__(self):
+        check_choice("normalisation", self.normalisation, _NORMALISATIONS)
         check_choice("demanders", self.demanders, _DEMANDERS)
         check_number("epsilon", self.epsilon, above=0, unit=" cells")
         check_integer("iterations", self.iterations)
@@ -194,8 +207,18 @@ class HDM(Representation):
         inside = ops.inside_input(keypoints, self.input_size)
         return HDMTargets(keypoints, weight * inside.to(weight.dtype))
 
+    def log_probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w) maps z -> (B, K, h·w) log p of the suppliers, by ``normalisation``."""
+        z = outputs.flatten(-2)
+        if self.config.normalisation == "softmax":
+            return z.log_softmax(dim=-1)
+        # the clamp keeps the unused branch finite, so that torch.where's gradient is not 0 * inf
+        log_mass = torch.where(z < _SOFTPLUS_LINEAR_BELOW, z,
+                               nn.functional.softplus(z.clamp_min(_SOFTPLUS_LINEAR_BELOW)).log())
+        return log_mass - log_mass.logsumexp(dim=-1, keepdim=True)
+
     def loss(self, outputs: torch.Tensor, targets: HDMTargets) -> torch.Tensor:
-        log_p = outputs.flatten(-2).log_softmax(dim=-1)  # (B, K, N) suppliers, N = h·w
+        log_p = self.log_probabilities(outputs)  # (B, K, N) suppliers, N = h·w
         target = targets.keypoints / self.config.stride  # (B, K, 2) cells
         centres = self._cell_centres(log_p)  # (N, 2)
         if self.config.demanders == "naive":
@@ -212,8 +235,8 @@ class HDM(Representation):
         return (emd * targets.weight).sum() / (batch * joints)
 
     def decode(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, K, h, w) -> (B, K, 2) canonical keypoints and (B, K) 3 x 3 peak masses of p."""
-        probs = outputs.flatten(-2).softmax(dim=-1).view_as(outputs)
+        """Maps z (B, K, h, w) -> (B, K, 2) canonical keypoints and (B, K) 3 x 3 peak masses of p."""
+        probs = self.log_probabilities(outputs).exp().view_as(outputs)
         peak, window = argmax_window(probs, radius=1)  # (B, K, 2), (B, K, 3, 3)
         mass = window.sum(dim=(-2, -1))
         if self.config.decoder == "local_mean":
@@ -230,7 +253,7 @@ class HDM(Representation):
         return outputs.flip(-1)[:, perm]
 
     def ideal_outputs(self, keypoints: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """(B, K, h, w) logits log p of the loss's minimiser for (B, K, 2) keypoints."""
+        """(B, K, h, w) maps z whose normalisation is the loss's minimiser for (B, K, 2) keypoints."""
         keypoints, _ = ops.sanitize_keypoints(keypoints, visible)
         target = keypoints / self.config.stride
         height, width = self.map_size
@@ -242,5 +265,7 @@ class HDM(Representation):
             mass = torch.ones_like(target[..., :1])
         flat = cells[..., 1] * width + cells[..., 0]  # (B, K, 4) or (B, K, 1)
         probs = torch.zeros(*target.shape[:-1], height * width, device=target.device, dtype=target.dtype)
-        probs = probs.scatter_add(-1, flat, mass)
-        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log().view(*target.shape[:-1], height, width)
+        probs = probs.scatter_add(-1, flat, mass).clamp_min(torch.finfo(probs.dtype).tiny)
+        # z = log p for the softmax; the inverse softplus log(e^p - 1) otherwise (p sums to 1, so no rescaling)
+        z = probs.log() if self.config.normalisation == "softmax" else probs.expm1().log()
+        return z.view(*target.shape[:-1], height, width)
