@@ -101,6 +101,19 @@ def test_config_rejects_unknown_variants_and_inconsistent_sizes():
         nerpe(levels=3)
 
 
+@pytest.mark.parametrize("size, sigma_px, samples_per_axis",
+                         [((64, 64), 3.84, 4), ((128, 128), 3.84, 8), ((256, 192), 7.68, 8)])
+def test_defaults_are_the_release_from_128_px_and_its_128_config_in_pixels_below(size, sigma_px, samples_per_axis):
+    rep = nerpe(size)
+    half_long = max(size) / 2
+    assert rep.config.sigma * half_long == pytest.approx(sigma_px)
+    assert rep.config.laplace_b / rep.config.sigma == pytest.approx(0.09 / 0.06)
+    assert rep.config.samples_per_axis == samples_per_axis
+    cell_px = max(size) / rep.config.cells
+    queries_in_sigma_disk = math.pi * sigma_px**2 * samples_per_axis**2 / cell_px**2
+    assert queries_in_sigma_disk == pytest.approx(11.6, abs=0.05)  # every released config's
+
+
 # --- targets and sampling --------------------------------------------------------------------------------------
 
 
@@ -115,7 +128,7 @@ def test_sigma_is_isotropic_in_units_of_the_half_long_side():
 
 
 def test_laplace_target_decays_with_scale_b():
-    rep = nerpe((64, 64), keypoints=1, target="laplace")
+    rep = nerpe((64, 64), keypoints=1, target="laplace", laplace_b=0.09)
     field = rep.ideal_outputs(torch.tensor([[[32.0, 32.0]]]), torch.ones(1, 1))
     points = rep._normalise(torch.tensor([[[32.0 + 0.09 * 32, 32.0]]]))  # b = 0.09 half-long-sides = 2.88 px
     torch.testing.assert_close(field.query(points), torch.full((1, 1, 1), math.exp(-1.0)), atol=1e-6, rtol=0)

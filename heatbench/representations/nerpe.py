@@ -19,15 +19,15 @@ Coordinates. heatbench's canonical coordinates (pixel i covers [i, i+1)) are Ner
 no half-pixel shift appears anywhere: a canonical point (x, y) of an (H, W) input is normalised isotropically
 to ``((x - W/2), (y - H/2)) / (max(W, H) / 2)``, so the long side spans [-1, 1] and the short side
 +-min/max. Query points, targets and the field's interface all use these normalised units; sigma and b are
-normalised too (sigma = 0.06 is 1.92 px at 64, 7.68 px at 256). Only the nearest-cell lookup rescales
+normalised too (sigma = 0.06 is 3.84 px at 128, 7.68 px at 256). Only the nearest-cell lookup rescales
 per axis (the grid-sample frame, in which each axis of the cell grid spans [-1, 1]).
 
 Defaults (every released config): 8 cells on the long side (8x8 at 64x64 and 128x128, 6x8 at 256x192), C=256,
 MLP hidden (256, 256, 128, 128, 128) with ReLU and linear K outputs, no positional encoding (L=0), local
 ensemble on, sub-division sampling with S=8 (64 queries per cell), Gaussian sigma 0.06 (Laplace b 0.09),
 unlabelled keypoints masked (``REG_INVIS_CONF_TO_ZERO: false``), U=32 queries per cell per axis at test time.
-The release has no per-resolution table; below 128 px ``default_config`` lowers S to keep the released
-128x128 config's query density (S = 4 at 64x64; ours, see ``NerPE.default_config``).
+The release has no config below 128x128; there ``default_config`` keeps the 128x128 config in input pixels
+(sigma = 0.12 and S = 4 at 64x64; ours, see ``NerPE.default_config``).
 
 Choices the paper and release leave open, all ours:
 - the grid's short side is ``cells * short / long`` and must be an integer (the release sets it by hand);
@@ -74,6 +74,8 @@ Decoding = Literal["standard", "progressive"]
 _ELEMENTS_PER_CHUNK = 1 << 25
 # Clamp of the shifted grid coordinates, as in LIIF, so that a shift beyond the border picks the border cell.
 _GRID_CLAMP = 1 - 1e-6
+# The released config with the smallest input (128x128), which default_config keeps in pixels below it.
+_DENSEST_RELEASED_LONG_SIDE = 128
 # Added to each blending area, as in LIIF, so that a query exactly on a cell centre has finite weights.
 _AREA_EPS = 1e-9
 
@@ -406,14 +408,22 @@ class NerPE(Representation):
 
     @classmethod
     def default_config(cls, input_size: tuple[int, int]) -> NerPEConfig:
-        """The release's defaults, except S below 128 px (ours): the release has no config under 128x128,
-        and at 64x64 its S = 8 would draw one training query per input pixel, 4x the density of the densest
-        released config (128x128: 64 queries per 16 x 16-px cell). S = 8 * cell size / 16 px, at most 8,
-        keeps that density (S = 4 at 64x64) and a quarter of the MLP's training cost there.
+        """The release's defaults from 128 px up. Below (ours; the release has no such config), the 128x128
+        config kept in input pixels: sigma and b scaled by 128 / long side, so that the target stays 3.84 px
+        wide, the narrowest of any released config and the heatmap's 4 px at 64x64; and S = 8 * cell size /
+        16 px, one training query per 4 px^2 as there (S = 4 at 64x64). Every released config has about 11.6
+        training queries inside the 1-sigma disk, and so do these. The paper's sigma = 0.06 with S = 8 would
+        keep that count too, but with a target half as wide in pixels as any released one, which heatbench's
+        schedule fits far less well (``docs/training.md``), and at four times the MLP's training cost.
         """
         config = NerPEConfig()
-        cell_px = max(input_size) / config.cells
-        return dataclasses.replace(config, samples_per_axis=max(1, min(8, round(8 * cell_px / 16))))
+        long_side = max(input_size)
+        width_scale = max(1.0, _DENSEST_RELEASED_LONG_SIDE / long_side)
+        cell_px = long_side / config.cells
+        return dataclasses.replace(config, sigma=config.sigma * width_scale,
+                                   laplace_b=config.laplace_b * width_scale,
+                                   samples_per_axis=max(1, min(8, round(8 * cell_px / 16))))
+
     floor_tolerance_px: ClassVar[float] = 0.71
     floor_variants: ClassVar[tuple[str, ...]] = ("target", "decoding")
 
