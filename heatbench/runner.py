@@ -22,13 +22,11 @@ from .errors import HeatbenchError
 from .parsing import parse_resolutions, parse_shard, size_name
 from .report import made_by, write_report
 from .representation import Representation, build_representation
+from .splits import SplitSpec, make_split
 from .train import (MEAN_POSE, TrainConfig, describe, init_distributed, mean_pose, resolve_device, run_one,
                     steps_per_epoch, training_dtype)
 
 log = logging.getLogger(__name__)
-
-SPLIT_SEED = 0
-VAL_FRACTION = 0.2
 
 # table key -> column title in table.md; table.csv keeps every key
 TABLE_COLUMNS = {
@@ -71,6 +69,7 @@ class RunSpec:
     resolutions: list[tuple[int, int]]
     data: str = "default"
     image_root: str | None = None
+    split: SplitSpec = field(default_factory=SplitSpec)
     seeds: int = 1
     first_seed: int = 0
     device: str = "auto"
@@ -84,6 +83,13 @@ class RunSpec:
 
     def run_name(self) -> str:
         return self.name or f"{'-'.join(self.representations)}_{'-'.join(map(size_name, self.resolutions))}"
+
+
+def representation_columns(name: str, representation: Representation, floor_px: float) -> dict:
+    """A row's first columns: the representation, its input and output sizes, OR/IR and its floor error."""
+    (height, width), (out_h, out_w) = representation.input_size, representation.output_size()
+    return {"representation": name, "input": size_name((height, width)), "output": f"{out_h}x{out_w}",
+            "or_ir": out_w / width, "floor_px": floor_px}
 
 
 def _aggregate(rows: list[dict]) -> dict:
@@ -162,7 +168,8 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
     device, context = init_distributed(resolve_device(spec.device))
     shard_index, shard_count = parse_shard(shard)
     dataset = load_dataset(spec.data, spec.image_root)
-    train_set, val_set = dataset.split(VAL_FRACTION, seed=SPLIT_SEED)
+    split = make_split(dataset, spec.split)
+    train_set, val_set = split.train, split.val
     representations: dict[tuple[str, tuple[int, int]], Representation] = {}
     for size in spec.resolutions:
         for name in spec.representations:
@@ -202,18 +209,20 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
             continue
         for array_name, array in row.pop("predictions").items():
             arrays[f"{name}_{size_name(size)}_seed{seed}/{array_name}"] = array
-        out_h, out_w = representation.output_size()
-        seed_rows.append({"representation": name, "input": size_name(size), "output": f"{out_h}x{out_w}",
-                          "or_ir": out_w / size[1], "floor_px": floors[name, size], **row})
+        seed_rows.append({**representation_columns(name, representation, floors[name, size]), **row})
     bar.close()
     if not context.is_main:
         return None
     record = {
         "run": run_name,
         "data": {"name": dataset.name, "source": str(dataset.source), "keypoint_names": dataset.keypoint_names,
-                 "train_instances": len(train_set), "val_instances": len(val_set), "split_seed": SPLIT_SEED,
-                 "val_fraction": VAL_FRACTION, "oks_sigmas": dataset.sigma_note,
+                 "train_instances": len(train_set), "val_instances": len(val_set),
+                 "split_seed": split.record.get("seed"), "val_fraction": split.record.get("val_fraction"),
+                 "split": split.description,
+                 **({"val_source": split.record["val_source"]} if "val_source" in split.record else {}),
+                 "image_root": str(dataset.image_root), "oks_sigmas": dataset.sigma_note,
                  "flip_test": bool(spec.train.flip_test and dataset.flip_pairs)},
+        "split": split.record,
         "train": describe(spec.train),
         "training_dtype": str(training_dtype(spec.train.precision, device)).removeprefix("torch."),
         "baselines": baselines,
@@ -232,8 +241,11 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
 def _data_identity(data: dict) -> dict:
     """What makes two runs' evaluations comparable: the annotation file by name (not by absolute path, which
     differs between the checkouts or machines that ran the shards of one sweep), its keypoints and the split."""
-    return {"file": Path(data["source"]).name, **{key: data[key] for key in (
+    identity = {"file": Path(data["source"]).name, **{key: data[key] for key in (
         "name", "keypoint_names", "train_instances", "val_instances", "split_seed", "val_fraction", "flip_test")}}
+    if "val_source" in data:  # only runs validated on a second file have one; older runs match as before
+        identity["val_file"] = Path(data["val_source"]).name
+    return identity
 
 
 def _schedule(train: dict) -> dict:

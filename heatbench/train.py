@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
 import random
 import time
 from dataclasses import dataclass
@@ -177,11 +178,33 @@ def _loader(dataset, config: TrainConfig, device: torch.device, **batching) -> D
                       persistent_workers=config.num_workers > 0, **batching)
 
 
-def checkpoint_meta(representation: Representation, config: TrainConfig) -> dict:
-    """What a checkpoint needs to rebuild its model without the run that made it."""
-    return {"representation": representation.name, "input_size": representation.input_size,
-            "num_keypoints": representation.num_keypoints, "config": representation.resolved_config(),
-            "backbone_depth": config.backbone_depth}
+def checkpoint_meta(representation: Representation, config: TrainConfig, keypoint_names: list[str]) -> dict:
+    """What a checkpoint needs to rebuild and score its model without the run that made it: the
+    representation's name, resolved config and input size, the keypoint names it was trained on, and the
+    training settings (evaluation reuses their batch size and backbone)."""
+    return {"format": CHECKPOINT_FORMAT, "representation": representation.name,
+            "input_size": representation.input_size, "num_keypoints": representation.num_keypoints,
+            "keypoint_names": list(keypoint_names), "config": representation.resolved_config(),
+            "backbone_depth": config.backbone_depth, "train": dataclasses.asdict(config)}
+
+
+CHECKPOINT_FORMAT = "heatbench checkpoint 1"
+REBUILD_KEYS = ("representation", "input_size", "num_keypoints", "config", "backbone_depth")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by ``run`` (model state, ``meta`` and the training state); anything else, or a
+    file that cannot be read, is a one-line error naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise HeatbenchError(f"{path}: no such file") from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, AttributeError, ImportError) as error:
+        raise HeatbenchError(f"{path}: not a heatbench run checkpoint ({error.__class__.__name__})") from None
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if not (isinstance(meta, dict) and all(key in meta for key in REBUILD_KEYS) and "model" in state):
+        raise HeatbenchError(f"{path}: not a heatbench run checkpoint (no model state with its 'meta' record)")
+    return state
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -285,7 +308,8 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
                                           "train_seconds": earlier_seconds + time.perf_counter() - started
                                           - validation_seconds,
                                           "epoch_losses": earlier_losses + [float(loss) for loss in epoch_losses],
-                                          "curve": curve, "meta": checkpoint_meta(representation, config)})
+                                          "curve": curve,
+                                          "meta": checkpoint_meta(representation, config, train_set.keypoint_names)})
     if own_bar:
         bar.close()
     seconds = earlier_seconds + time.perf_counter() - started - validation_seconds
@@ -372,23 +396,31 @@ def run_one(representation: Representation, train_set: KeypointDataset, val_set:
     fit = predict(representation, model, train_set, config, device, False, context)
     if not context.is_main:
         return None
-    predictions, metrics = last["predictions"], last["metrics"]
-    inference = cost.measure_inference(representation, model, representation.input_size, device, batch=1)
     return {
-        **_variant_row(representation, model, predictions, val_set.visible, device),
         "seed": seed,
         "train_seconds": train_seconds,
         "train_steps": config.epochs * steps_per_epoch(len(train_set), config),
         "epoch_losses": epoch_losses,
         "curve": curve,
         "processes": context.world_size,
+        **evaluation_row(representation, model, last["predictions"], last["metrics"], val_set.visible, device),
+        "train_mean_error_input_px": mean_error(fit["pred_input"], fit["target_input"], train_set.visible),
+    }
+
+
+def evaluation_row(representation: Representation, model: PoseModel, predictions: dict[str, np.ndarray],
+                   metrics: dict, visible: np.ndarray, device: torch.device) -> dict:
+    """What a scored model's row holds, in ``run``'s table and ``evaluate``'s alike: the decoding variants,
+    parameter counts, batch-1 inference cost, the metrics of ``predictions`` and the predictions."""
+    inference = cost.measure_inference(representation, model, representation.input_size, device, batch=1)
+    return {
+        **_variant_row(representation, model, predictions, visible, device),
         **cost.parameter_counts(model),
         "inference_gflops": inference["gflops_per_image"],
         "inference_ms": inference["latency_ms_per_image"],
         "inference_ms_spread": inference["latency_spread_ms_per_image"],
         "inference_peak_memory_bytes": inference["peak_memory_bytes"],
         **metrics,
-        "train_mean_error_input_px": mean_error(fit["pred_input"], fit["target_input"], train_set.visible),
         "predictions": predictions,
     }
 

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, HeatbenchError
 
 log = logging.getLogger(__name__)
 BOX_MARGIN = 0.05  # of the larger side of a keypoint box, added on every side (ours)
@@ -172,6 +172,23 @@ def flip_pairs_from_names(names: Sequence[str]) -> list[tuple[int, int]] | None:
             if name.startswith(left) and right + name[len(left):] in index:
                 pairs.append(tuple(sorted((i, index[right + name[len(left):]]))))
     return sorted(pairs) or None
+
+
+def check_keypoint_names(dataset: KeypointDataset, expected: Sequence[str], expected_from: str | Path,
+                         flag: str) -> None:
+    """A one-line HeatbenchError naming both sources when ``dataset`` has other keypoint names (or another
+    order) than ``expected``, which come from ``expected_from`` (another data set, a checkpoint)."""
+    ours, theirs = dataset.keypoint_names, list(expected)
+    if ours == theirs:
+        return
+    position = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    raise HeatbenchError(f"{flag} {dataset.source}: keypoint names differ from {expected_from}'s "
+                         f"({len(ours)} vs {len(theirs)}; keypoint {position} is {_name_at(ours, position)}, "
+                         f"not {_name_at(theirs, position)})")
+
+
+def _name_at(names: list[str], index: int) -> str:
+    return repr(names[index]) if index < len(names) else "missing"
 
 
 def read_json(path: Path) -> Any:

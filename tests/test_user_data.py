@@ -1,0 +1,129 @@
+"""Users' own data end to end on a tiny schedule: their splits, scoring a checkpoint with `evaluate`, and the
+one-line answers to bad input."""
+import json
+
+import pytest
+import torch
+
+from heatbench.cli import main
+from heatbench.data import load_dataset
+from heatbench.splits import SplitSpec, make_split
+from tests.layouts import MOUSE_MINI, train_val_pair
+
+TINY = ["--res", "64", "--epochs", "1", "--batch-size", "4", "--quiet"]
+ACCURACY_COLUMNS = ["mean_error_input_px", "mean_error_image_px", "pck@0.05", "pck@0.1", "pck@0.2", "AP", "AR"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return train_val_pair(tmp_path_factory.mktemp("pair"))
+
+
+@pytest.fixture(scope="module")
+def pair_run(pair, tmp_path_factory):
+    """A heatmap run trained on train.csv and validated on val.csv."""
+    root = tmp_path_factory.mktemp("pair_run")
+    train, val = pair
+    argv = ["run", "--repr", "heatmap", "--data", str(train), "--val-data", str(val), "--out", str(root / "results"),
+            "--name", "pair", "--checkpoint-dir", str(root / "checkpoints"), *TINY]
+    assert main(argv) == 0
+    return root
+
+
+def test_val_data_is_the_validation_set_and_the_split_is_stored_by_image_name(pair_run, pair):
+    record = json.loads((pair_run / "results" / "pair" / "results.json").read_text())
+    assert record["data"]["train_instances"] == 6 and record["data"]["val_instances"] == 2
+    assert record["data"]["split"] == "validation data val.csv" and record["data"]["val_fraction"] is None
+    assert record["split"]["method"] == "val_data"
+    assert record["split"]["train_images"] == [f"labeled-data/img0{n}.png" for n in range(1, 7)]
+    assert record["split"]["val_images"] == ["labeled-data/img07.png", "labeled-data/img08.png"]
+
+
+def test_evaluate_scores_a_runs_checkpoint_to_the_runs_metrics(pair_run, pair, tmp_path):
+    checkpoint = pair_run / "checkpoints" / "pair" / "heatmap_64x64_seed0.pt"
+    meta = torch.load(checkpoint, weights_only=False)["meta"]
+    assert meta["representation"] == "heatmap" and tuple(meta["input_size"]) == (64, 64)
+    assert meta["keypoint_names"] == load_dataset(pair[0]).keypoint_names and meta["config"]["sigma"] == 1
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(pair[1]), "--out", str(tmp_path / "ev"),
+            "--quiet"]
+    assert main(argv) == 0
+    (run_row,) = json.loads((pair_run / "results" / "pair" / "results.json").read_text())["seed_rows"]
+    (row,) = json.loads((tmp_path / "ev" / "results.json").read_text())["rows"]
+    for column in ACCURACY_COLUMNS + ["total_params", "inference_gflops", "floor_px", "output", "train_steps"]:
+        assert row[column] == run_row[column], column
+    assert _headers(tmp_path / "ev" / "table.md") == _headers(pair_run / "results" / "pair" / "table.md")
+
+
+def _headers(table):
+    line = next(line for line in table.read_text().splitlines() if line.startswith("| representation"))
+    return [cell.strip() for cell in line.split("|")]
+
+
+def test_a_stored_split_is_reused_image_for_image(tmp_path):
+    data = load_dataset(MOUSE_MINI)
+    drawn = make_split(data, SplitSpec(val_fraction=0.25, seed=3))
+    assert drawn.record["method"] == "random" and len(drawn.record["val_images"]) == 2
+    stored = tmp_path / "results.json"
+    stored.write_text(json.dumps({"split": drawn.record}))
+    reused = make_split(data, SplitSpec(split_file=stored))
+    assert reused.train.image_paths == drawn.train.image_paths and reused.val.image_paths == drawn.val.image_paths
+    assert reused.record["val_images"] == drawn.record["val_images"]
+    assert make_split(data, SplitSpec(val_fraction=0.25, seed=4)).record["val_images"] != drawn.record["val_images"]
+
+
+def _other_keypoints(tmp_path, pair):
+    lines = pair[1].read_text().splitlines()
+    lines[1] = lines[1].replace("nose_top", "snout_top")
+    path = pair[1].parent / "renamed.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _not_a_checkpoint(tmp_path, pair):
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("val-data with other keypoints", "keypoint names differ"),
+    ("val-data with a val fraction", "cannot be combined"),
+    ("stored split naming missing images", "not in"),
+    ("checkpoint that is not heatbench's", "not a heatbench run checkpoint"),
+    ("file that is not a checkpoint", "not a heatbench run checkpoint"),
+    ("evaluate on other keypoints", "keypoint names differ"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_results(case, message, pair, pair_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    checkpoint = pair_run / "checkpoints" / "pair" / "heatmap_64x64_seed0.pt"
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train_images": ["labeled-data/img01.png"], "val_images": ["elsewhere.png"]}))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint")
+    run = ["run", "--repr", "heatmap", "--data", str(pair[0]), "--out", str(out), *TINY]
+    argv = {
+        "val-data with other keypoints": run + ["--val-data", str(_other_keypoints(tmp_path, pair))],
+        "val-data with a val fraction": run + ["--val-data", str(pair[1]), "--val-fraction", "0.5"],
+        "stored split naming missing images": run + ["--split", str(split)],
+        "checkpoint that is not heatbench's": ["evaluate", "--checkpoint", str(_not_a_checkpoint(tmp_path, pair)),
+                                               "--data", str(pair[1]), "--out", str(out)],
+        "file that is not a checkpoint": ["evaluate", "--checkpoint", str(garbage), "--data", str(pair[1]),
+                                          "--out", str(out)],
+        "evaluate on other keypoints": ["evaluate", "--checkpoint", str(checkpoint), "--data",
+                                        str(_other_keypoints(tmp_path, pair)), "--out", str(out)],
+    }[case]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error, error
+    assert not out.exists()
+
+
+def test_two_images_train_on_one_and_validate_on_the_other(tmp_path):
+    train_val_pair(tmp_path)  # for its labeled-data/ folder
+    lines = MOUSE_MINI.read_text().splitlines()
+    one, other = tmp_path / "one.csv", tmp_path / "other.csv"
+    one.write_text("\n".join(lines[:4]) + "\n")
+    other.write_text("\n".join(lines[:3] + lines[4:5]) + "\n")
+    split = make_split(load_dataset(one), SplitSpec(val_data=str(other)))
+    assert split.train.image_names() == ["labeled-data/img01.png"]
+    assert split.val.image_names() == ["labeled-data/img02.png"]
