@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import floor, results
 from .data import load_dataset
@@ -19,14 +20,14 @@ from .data.dataset import check_keypoint_names
 from .errors import HeatbenchError
 from .report import made_by
 from .representation import build_representation
-from .runner import representation_columns, table_columns, with_baselines
+from .runner import per_keypoint_rows, representation_columns, table_columns, with_baselines, without_per_keypoint
 from .train import TrainConfig, build_model, evaluation_row, load_checkpoint, predict, resolve_device, score_predictions
 
 
 def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_test: bool = True,
              out: Path | None = None, device: str = "auto", progress: bool = True) -> Path:
-    """Score ``checkpoint`` on every instance of ``data``; write table.md, table.csv, results.json and
-    predictions.npz to ``out`` (default ``results/<checkpoint>_on_<data set>``) and return it."""
+    """Score ``checkpoint`` on every instance of ``data``; write table.md, table.csv, per_keypoint.csv,
+    results.json and predictions.npz to ``out`` (default ``results/<checkpoint>_on_<data set>``) and return it."""
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     meta = state["meta"]
@@ -50,7 +51,8 @@ def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_te
            **evaluation_row(representation, model, predictions, score_predictions(dataset, predictions),
                             dataset.visible, device)}
     del row["predictions"]
-    rows = with_baselines([row], [])
+    per_keypoint = per_keypoint_rows([row])
+    rows = without_per_keypoint(with_baselines([row], []))
     record = {
         "checkpoint": str(checkpoint),
         "representation": {key: meta[key] for key in ("representation", "input_size", "config", "keypoint_names")},
@@ -59,6 +61,7 @@ def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_te
                  "oks_sigmas": dataset.sigma_note, "flip_test": bool(flip_test and dataset.flip_pairs)},
         "train": meta["train"],
         "rows": rows,
+        "per_keypoint": per_keypoint,
         **results.provenance(device),
     }
     preface = (f"# {target.name}\n\n{made_by(record)} Checkpoint {checkpoint.name} on {dataset.name}, "
@@ -68,4 +71,5 @@ def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_te
         np.savez_compressed(staging / "predictions.npz", image_ids=dataset.image_ids, visible=dataset.visible,
                             target_image=dataset.keypoints, **predictions)
         print(results.write_table(staging, rows, table_columns(rows), preface=preface))
+        pd.DataFrame(per_keypoint).to_csv(staging / "per_keypoint.csv", index=False)
     return target

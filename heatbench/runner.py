@@ -140,15 +140,33 @@ def curve_rows(seed_rows: list[dict]) -> list[dict]:
             for row in seed_rows for point in row.get("curve", [])]
 
 
+def per_keypoint_rows(rows: list[dict]) -> list[dict]:
+    """per_keypoint.csv: per representation, input and keypoint, the ``per_keypoint`` metrics of ``rows``
+    (per-seed and mean-pose rows) averaged over seeds, in first-seen order; rows from before that
+    measurement have none."""
+    entries = [{"representation": row["representation"], "input": row["input"], **entry}
+               for row in rows for entry in row.get("per_keypoint", [])]
+    if not entries:
+        return []
+    frame = pd.DataFrame(entries).groupby(["representation", "input", "keypoint"], sort=False).mean()
+    return frame.reset_index().to_dict("records")
+
+
+def without_per_keypoint(rows: list[dict]) -> list[dict]:
+    """Table rows without their per-keypoint lists, which per_keypoint.csv holds averaged over seeds."""
+    return [{key: value for key, value in row.items() if key != "per_keypoint"} for row in rows]
+
+
 def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[str, np.ndarray]) -> str:
     """Write a complete run directory atomically (results.json, predictions.npz, table.md, table.csv,
-    curves.csv), then its report (report.md and figures).
+    per_keypoint.csv, curves.csv), then its report (report.md and figures).
 
     ``record`` holds everything but the rows (its ``baselines`` are the mean-pose rows); ``arrays`` the
     validation targets and every prediction. Shared by ``run`` and ``merge``. Returns the Markdown table.
     """
-    rows = with_baselines(table_rows(seed_rows), record.get("baselines", []))
-    record = {**record, "rows": rows, "seed_rows": seed_rows}
+    rows = without_per_keypoint(with_baselines(table_rows(seed_rows), record.get("baselines", [])))
+    per_keypoint = per_keypoint_rows(record.get("baselines", []) + seed_rows)
+    record = {**record, "rows": rows, "seed_rows": seed_rows, "per_keypoint": per_keypoint}
     seeds = sorted({row["seed"] for row in seed_rows})
     preface = (f"# {record['run']}\n\n{made_by(record)} Data: {record['data']['name']}, "
                f"{record['data']['train_instances']} train / "
@@ -158,6 +176,7 @@ def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[st
         results.write_json(staging / "results.json", record)
         np.savez_compressed(staging / "predictions.npz", **arrays)
         markdown = results.write_table(staging, rows, table_columns(rows), preface=preface)
+        pd.DataFrame(per_keypoint).to_csv(staging / "per_keypoint.csv", index=False)
         pd.DataFrame(curve_rows(seed_rows)).to_csv(staging / "curves.csv", index=False)
     write_report([target], target)
     return markdown

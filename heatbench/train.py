@@ -35,7 +35,7 @@ from tqdm import tqdm
 from . import cost
 from .data import AugmentConfig, KeypointDataset, TopDownDataset, invert_affine
 from .errors import HeatbenchError
-from .metrics import decoding_agreement, evaluate_predictions, mean_error
+from .metrics import decoding_agreement, evaluate_predictions, mean_error, per_keypoint_metrics
 from .models.pose_model import PoseModel
 from .models.resnet import build_backbone
 from .representation import Representation, map_tensors
@@ -366,10 +366,12 @@ def steps_per_epoch(train_instances: int, config: TrainConfig) -> int:
     return -(-train_instances // config.batch_size)
 
 
-def score_predictions(dataset: KeypointDataset, predictions: dict[str, np.ndarray]) -> dict[str, float]:
-    """Every metric of ``evaluate_predictions`` for the arrays ``predict`` returns."""
-    return evaluate_predictions(dataset, predictions["pred_image"], predictions["pred_input"],
-                                predictions["target_input"], predictions["scores"])
+def score_predictions(dataset: KeypointDataset, predictions: dict[str, np.ndarray]) -> dict:
+    """Every metric of ``evaluate_predictions`` for the arrays ``predict`` returns, and under ``per_keypoint``
+    those of ``per_keypoint_metrics``."""
+    arrays = (predictions["pred_image"], predictions["pred_input"], predictions["target_input"])
+    return {**evaluate_predictions(dataset, *arrays, predictions["scores"]),
+            "per_keypoint": per_keypoint_metrics(dataset, *arrays)}
 
 
 def run_one(representation: Representation, train_set: KeypointDataset, val_set: KeypointDataset,

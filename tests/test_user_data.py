@@ -2,6 +2,7 @@
 one-line answers to bad input."""
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -39,6 +40,23 @@ def test_val_data_is_the_validation_set_and_the_split_is_stored_by_image_name(pa
     assert record["split"]["val_images"] == ["labeled-data/img07.png", "labeled-data/img08.png"]
 
 
+def test_per_keypoint_results_are_in_their_csv_and_in_results_json(pair_run):
+    run = pair_run / "results" / "pair"
+    table = pd.read_csv(run / "per_keypoint.csv")
+    record = json.loads((run / "results.json").read_text())
+    names = record["data"]["keypoint_names"]
+    assert list(table.columns) == ["representation", "input", "keypoint", "labelled", "mean_error_input_px",
+                                   "mean_error_image_px", "pck@0.1", "oks"]
+    assert list(table["representation"]) == ["mean pose"] * len(names) + ["heatmap"] * len(names)
+    assert list(table["keypoint"][:len(names)]) == names
+    pd.testing.assert_frame_equal(pd.DataFrame(record["per_keypoint"]), table, check_dtype=False)
+    heatmap = table[table["representation"] == "heatmap"]
+    (row,) = record["seed_rows"]
+    assert (heatmap["labelled"] * heatmap["mean_error_input_px"]).sum() / heatmap["labelled"].sum() == pytest.approx(
+        row["mean_error_input_px"])
+    assert "per_keypoint" not in record["rows"][1]  # the table's rows leave it to per_keypoint.csv
+
+
 def test_evaluate_scores_a_runs_checkpoint_to_the_runs_metrics(pair_run, pair, tmp_path):
     checkpoint = pair_run / "checkpoints" / "pair" / "heatmap_64x64_seed0.pt"
     meta = torch.load(checkpoint, weights_only=False)["meta"]
@@ -51,6 +69,9 @@ def test_evaluate_scores_a_runs_checkpoint_to_the_runs_metrics(pair_run, pair, t
     (row,) = json.loads((tmp_path / "ev" / "results.json").read_text())["rows"]
     for column in ACCURACY_COLUMNS + ["total_params", "inference_gflops", "floor_px", "output", "train_steps"]:
         assert row[column] == run_row[column], column
+    run_keypoints = pd.read_csv(pair_run / "results" / "pair" / "per_keypoint.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ev" / "per_keypoint.csv"),
+                                  run_keypoints[run_keypoints["representation"] == "heatmap"].reset_index(drop=True))
     assert _headers(tmp_path / "ev" / "table.md") == _headers(pair_run / "results" / "pair" / "table.md")
 
 
