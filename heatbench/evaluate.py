@@ -20,14 +20,16 @@ from .data.dataset import check_keypoint_names
 from .errors import HeatbenchError
 from .report import made_by
 from .representation import build_representation
-from .runner import per_keypoint_rows, representation_columns, table_columns, with_baselines, without_per_keypoint
+from .exports import prediction_files
+from .runner import (per_keypoint_rows, representation_columns, table_columns, with_baselines, without_per_keypoint,
+                     write_files)
 from .train import TrainConfig, build_model, evaluation_row, load_checkpoint, predict, resolve_device, score_predictions
 
 
 def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_test: bool = True,
              out: Path | None = None, device: str = "auto", progress: bool = True) -> Path:
     """Score ``checkpoint`` on every instance of ``data``; write table.md, table.csv, per_keypoint.csv,
-    results.json and predictions.npz to ``out`` (default ``results/<checkpoint>_on_<data set>``) and return it."""
+    results.json, predictions.npz and the prediction files (``heatbench.exports``) to ``out`` (default ``results/<checkpoint>_on_<data set>``) and return it."""
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     meta = state["meta"]
@@ -72,4 +74,5 @@ def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_te
                             target_image=dataset.keypoints, **predictions)
         print(results.write_table(staging, rows, table_columns(rows), preface=preface))
         pd.DataFrame(per_keypoint).to_csv(staging / "per_keypoint.csv", index=False)
+        write_files(staging, prediction_files(dataset, predictions, checkpoint.stem))
     return target

@@ -65,15 +65,25 @@ def keypoint_similarity(errors: np.ndarray, areas: np.ndarray, sigmas: np.ndarra
     return np.exp(-np.nan_to_num(errors) ** 2 / variances / (areas[:, None] + np.spacing(1)) / 2)
 
 
+def coco_results(dataset, keypoints: np.ndarray, scores: np.ndarray) -> list[dict]:
+    """COCO keypoint results for (N, K, 2) image-coordinate predictions of the N instances of ``dataset``:
+    ``image_id``, ``category_id``, ``keypoints`` as flat 0-based pixel-centre ``[x, y, v, ...]`` (v = 1: COCOeval
+    reads only x and y) and ``score``, the mean keypoint score (see ``oks_ap``), ready for ``COCO.loadRes``."""
+    exported = canonical_to_pixel_centre(keypoints)
+    flags = np.ones((*exported.shape[:2], 1))
+    return [{"image_id": int(image_id), "category_id": dataset.category_id,
+             "keypoints": np.concatenate([points, flag], axis=1).reshape(-1).tolist(), "score": float(np.mean(score))}
+            for image_id, points, flag, score in zip(dataset.image_ids, exported, flags, scores)]
+
+
 def oks_ap(dataset, keypoints: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """OKS AP and AR of (N, K, 2) image-coordinate predictions for the N instances of ``dataset``.
 
     Instance score = mean keypoint score (ours; top-down pipelines usually also multiply a detector score,
     and heatbench crops from ground-truth boxes, so there is none).
     """
-    images, annotations, results = [], [], []
+    images, annotations = [], []
     exported_gt = canonical_to_pixel_centre(np.nan_to_num(dataset.keypoints))
-    exported_pred = canonical_to_pixel_centre(keypoints)
     for image_id in np.unique(dataset.image_ids):
         images.append({"id": int(image_id)})
     for index in range(len(dataset)):
@@ -81,20 +91,19 @@ def oks_ap(dataset, keypoints: np.ndarray, scores: np.ndarray) -> dict[str, floa
         gt = np.concatenate([exported_gt[index] * (flags[:, None] > 0), flags[:, None]], axis=1)
         x, y, w, h = (float(v) for v in dataset.boxes[index])
         annotations.append({
-            "id": index + 1, "image_id": int(dataset.image_ids[index]), "category_id": 1, "iscrowd": 0,
+            "id": index + 1, "image_id": int(dataset.image_ids[index]), "category_id": dataset.category_id,
+            "iscrowd": 0,
             "keypoints": gt.reshape(-1).tolist(), "num_keypoints": int((flags > 0).sum()),
             "area": float(dataset.areas[index]), "bbox": [x - 0.5, y - 0.5, w, h],
         })
-        prediction = np.concatenate([exported_pred[index], np.ones((dataset.num_keypoints, 1))], axis=1)
-        results.append({"image_id": int(dataset.image_ids[index]), "category_id": 1,
-                        "keypoints": prediction.reshape(-1).tolist(), "score": float(np.mean(scores[index]))})
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         ground_truth = COCO()
         ground_truth.dataset = {"images": images, "annotations": annotations,
-                                "categories": [{"id": 1, "name": "instance",
+                                "categories": [{"id": dataset.category_id, "name": "instance",
                                                 "keypoints": list(dataset.keypoint_names), "skeleton": []}]}
         ground_truth.createIndex()
-        evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), iouType="keypoints")
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(coco_results(dataset, keypoints, scores)),
+                              iouType="keypoints")
         evaluation.params.kpt_oks_sigmas = np.asarray(dataset.sigmas, dtype=np.float64)
         evaluation.params.useSegm = None
         evaluation.evaluate()

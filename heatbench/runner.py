@@ -19,6 +19,7 @@ from tqdm import tqdm
 from . import floor, results
 from .data import load_dataset
 from .errors import HeatbenchError
+from .exports import FOLDER as PREDICTION_FOLDER, prediction_files
 from .parsing import parse_resolutions, parse_shard, size_name
 from .report import made_by, write_report
 from .representation import Representation, build_representation
@@ -157,9 +158,17 @@ def without_per_keypoint(rows: list[dict]) -> list[dict]:
     return [{key: value for key, value in row.items() if key != "per_keypoint"} for row in rows]
 
 
-def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[str, np.ndarray]) -> str:
+def write_files(directory: Path, files: dict[str, str]) -> None:
+    """Write ``files`` (path relative to ``directory`` -> text), making their folders."""
+    for relative, text in files.items():
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        (directory / relative).write_text(text)
+
+
+def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[str, np.ndarray],
+              files: dict[str, str]) -> str:
     """Write a complete run directory atomically (results.json, predictions.npz, table.md, table.csv,
-    per_keypoint.csv, curves.csv), then its report (report.md and figures).
+    per_keypoint.csv, curves.csv and ``files``, the prediction files), then its report (report.md and figures).
 
     ``record`` holds everything but the rows (its ``baselines`` are the mean-pose rows); ``arrays`` the
     validation targets and every prediction. Shared by ``run`` and ``merge``. Returns the Markdown table.
@@ -178,6 +187,7 @@ def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[st
         markdown = results.write_table(staging, rows, table_columns(rows), preface=preface)
         pd.DataFrame(per_keypoint).to_csv(staging / "per_keypoint.csv", index=False)
         pd.DataFrame(curve_rows(seed_rows)).to_csv(staging / "curves.csv", index=False)
+        write_files(staging, files)
     write_report([target], target)
     return markdown
 
@@ -200,6 +210,7 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
 
     run_name = spec.run_name() + (f".shard-{shard_index}-of-{shard_count}" if shard_count > 1 else "")
     seed_rows: list[dict] = []
+    files: dict[str, str] = {}
     arrays = {"image_ids": val_set.image_ids, "visible": val_set.visible, "target_image": val_set.keypoints}
     baselines = []
     for size in dict.fromkeys(size for (_, size), _ in jobs):
@@ -226,8 +237,11 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
                       spec.resume, spec.progress, context, bar)
         if row is None:  # not rank 0
             continue
-        for array_name, array in row.pop("predictions").items():
-            arrays[f"{name}_{size_name(size)}_seed{seed}/{array_name}"] = array
+        label = f"{name}_{size_name(size)}_seed{seed}"
+        predictions = row.pop("predictions")
+        files.update(prediction_files(val_set, predictions, label))
+        for array_name, array in predictions.items():
+            arrays[f"{label}/{array_name}"] = array
         seed_rows.append({**representation_columns(name, representation, floors[name, size]), **row})
     bar.close()
     if not context.is_main:
@@ -253,7 +267,7 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
                             for (name, size), rep in representations.items()},
         **results.provenance(device),
     }
-    print(write_run(spec.out / run_name, record, seed_rows, arrays))
+    print(write_run(spec.out / run_name, record, seed_rows, arrays, files))
     return spec.out / run_name
 
 
@@ -312,9 +326,12 @@ def merge(directories: list[Path], target: Path) -> str:
         raise HeatbenchError("merge: the same representation, input and seed appears in more than one directory")
     seed_rows.sort(key=lambda row: (*parse_resolutions(row["input"]), names.index(row["representation"]), row["seed"]))
     arrays: dict[str, np.ndarray] = {}
+    files: dict[str, str] = {}
     for directory in directories:
         with np.load(directory / "predictions.npz") as stored:
             arrays.update({name: stored[name] for name in stored.files})
+        files.update({f"{PREDICTION_FOLDER}/{path.name}": path.read_text()
+                      for path in sorted((directory / PREDICTION_FOLDER).glob("*"))})
     sources = [source for record in records for source in _sources(record)]
     record = {key: value for key, value in records[0].items() if key not in ("rows", "seed_rows")}
     baselines: dict[str, dict] = {}  # per input, the union of the runs' baseline fields (older runs lack some)
@@ -325,4 +342,4 @@ def merge(directories: list[Path], target: Path) -> str:
                   command=" ".join(["python -m heatbench merge", *map(str, directories), "--out", str(target)]),
                   git_commit=", ".join(dict.fromkeys(source["git_commit"] for source in sources)),
                   device=", ".join(dict.fromkeys(source["device"] for source in sources)))
-    return write_run(target, record, seed_rows, arrays)
+    return write_run(target, record, seed_rows, arrays, files)

@@ -159,7 +159,7 @@ def test_dlc_project_reads_every_video_with_names_from_its_config(tmp_path):
     assert len(data) == 4 + 4 + SECOND_MOUSE_FRAMES and len(np.unique(data.image_ids)) == 8
     assert data.image_names()[0] == "labeled-data/video1/img01.png"  # the .h5's three-level index
     assert data.image_names()[4:6] == ["labeled-data/video2/img05.png"] * 2  # two mice in one frame
-    assert data.individuals == ["", "", "", "", "m1", "m2", "m1", "m2", "m1", "m1"]
+    assert data.individuals == ["animal"] * 4 + ["m1", "m2", "m1", "m2", "m1", "m1"]
     np.testing.assert_array_equal(data.keypoints[[0, 1, 2, 3, 4, 6, 8, 9]], mouse.keypoints)
     np.testing.assert_allclose(data.keypoints[5], mouse.keypoints[4] + SECOND_MOUSE_SHIFT)
     np.testing.assert_allclose(data.boxes[5, :2], data.boxes[4, :2] + SECOND_MOUSE_SHIFT)  # each from its own keypoints

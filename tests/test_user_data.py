@@ -1,15 +1,25 @@
-"""Users' own data end to end on a tiny schedule: their splits, scoring a checkpoint with `evaluate`, and the
-one-line answers to bad input."""
+"""Users' own data end to end on a tiny schedule: their splits, scoring a checkpoint with `evaluate`,
+per-keypoint results, prediction files in COCO's and DeepLabCut's formats, and the one-line answers to bad
+input."""
+import contextlib
+import io
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
 from heatbench.cli import main
+from heatbench.coords import canonical_to_pixel_centre
 from heatbench.data import load_dataset
+from heatbench.exports import dlc_predictions
+from heatbench.metrics import coco_results, oks_ap
 from heatbench.splits import SplitSpec, make_split
-from tests.layouts import MOUSE_MINI, train_val_pair
+from tests.layouts import MOUSE_MINI, SECOND_MOUSE_SHIFT, coco_set, dlc_project, train_val_pair
 
 TINY = ["--res", "64", "--epochs", "1", "--batch-size", "4", "--quiet"]
 ACCURACY_COLUMNS = ["mean_error_input_px", "mean_error_image_px", "pck@0.05", "pck@0.1", "pck@0.2", "AP", "AR"]
@@ -148,3 +158,80 @@ def test_two_images_train_on_one_and_validate_on_the_other(tmp_path):
     split = make_split(load_dataset(one), SplitSpec(val_data=str(other)))
     assert split.train.image_names() == ["labeled-data/img01.png"]
     assert split.val.image_names() == ["labeled-data/img02.png"]
+
+
+@pytest.fixture(scope="module")
+def coco_run(tmp_path_factory):
+    """A heatmap run on a COCO set laid out as set/annotations/*.json beside set/images/, trained on two of its
+    images and validated on the other two, with no --image-root."""
+    root = tmp_path_factory.mktemp("coco_run")
+    train = coco_set(root / "set", "person_keypoints_train", images=[785, 40083])
+    val = coco_set(root / "set", "person_keypoints_val", images=[196141, 197388])
+    argv = ["run", "--repr", "heatmap", "--data", str(train), "--val-data", str(val), "--out", str(root / "results"),
+            "--name", "coco", "--checkpoint-dir", str(root / "checkpoints"), *TINY]
+    assert main(argv) == 0
+    return root
+
+
+def _coco_ap(annotations, results):
+    """COCOeval's keypoint AP of a results file against an annotation file, as a user would compute it."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(str(annotations))
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(str(results)), iouType="keypoints")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return evaluation.stats[0]
+
+
+def test_coco_results_json_scored_by_cocoeval_gives_the_tables_ap(coco_run):
+    run = coco_run / "results" / "coco"
+    record = json.loads((run / "results.json").read_text())
+    assert record["data"]["image_root"] == str(coco_run / "set" / "images")  # found beside annotations/
+    results = run / "predictions" / "heatmap_64x64_seed0.coco.json"
+    entries = json.loads(results.read_text())
+    assert len(entries) == 9 and {entry["image_id"] for entry in entries} == {196141, 197388}
+    assert set(entries[0]) == {"image_id", "category_id", "keypoints", "score"} and len(entries[0]["keypoints"]) == 51
+    (row,) = record["seed_rows"]
+    annotations = coco_run / "set" / "annotations" / "person_keypoints_val.json"
+    assert _coco_ap(annotations, results) == pytest.approx(row["AP"], abs=1e-12)
+
+
+def test_coco_results_of_good_predictions_score_in_cocoeval_as_in_the_table(tmp_path):
+    annotations = coco_set(tmp_path)
+    data = load_dataset(annotations)
+    rng = np.random.default_rng(0)
+    predicted = np.nan_to_num(data.keypoints) + rng.normal(0, 6, size=data.keypoints.shape)
+    scores = rng.uniform(0.5, 1, size=data.visible.shape)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(coco_results(data, predicted, scores)))
+    ap = oks_ap(data, predicted, scores)["AP"]
+    assert 0.2 < ap < 0.95
+    assert _coco_ap(annotations, results) == pytest.approx(ap, abs=1e-12)
+
+
+def test_dlc_data_get_a_deeplabcut_predictions_csv_keyed_by_image_path(pair_run):
+    run = pair_run / "results" / "pair"
+    table = pd.read_csv(run / "predictions" / "heatmap_64x64_seed0.csv", header=[0, 1, 2], index_col=0)
+    assert list(table.columns.names) == ["scorer", "bodyparts", "coords"]
+    assert list(table.index) == ["labeled-data/img07.png", "labeled-data/img08.png"]
+    assert list(table.columns[:3]) == [("heatbench", "paw1LH_top", axis) for axis in ("x", "y", "likelihood")]
+    with np.load(run / "predictions.npz") as stored:
+        predicted, scores = stored["heatmap_64x64_seed0/pred_image"], stored["heatmap_64x64_seed0/scores"]
+    values = table.to_numpy().reshape(2, -1, 3)
+    np.testing.assert_allclose(values[..., :2], canonical_to_pixel_centre(predicted))
+    np.testing.assert_allclose(values[..., 2], scores)
+    assert (run / "predictions" / "heatmap_64x64_seed0.coco.json").is_file()
+
+
+def test_multi_animal_predictions_csv_has_an_individuals_row_and_one_row_per_image(tmp_path):
+    data = load_dataset(dlc_project(tmp_path))
+    path = tmp_path / "predictions.csv"
+    path.write_text(dlc_predictions(data, data.keypoints, np.ones(data.visible.shape)).to_csv())
+    table = pd.read_csv(path, header=[0, 1, 2, 3], index_col=0)
+    assert list(table.columns.names) == ["scorer", "individuals", "bodyparts", "coords"]
+    assert len(table) == 8 and table.index[4] == "labeled-data/video2/img05.png"
+    assert list(dict.fromkeys(table.columns.get_level_values("individuals"))) == ["animal", "m1", "m2"]
+    m1, m2 = (table.loc["labeled-data/video2/img05.png", ("heatbench", owner, "nose_top", "x")] for owner in ("m1", "m2"))
+    assert m2 - m1 == pytest.approx(SECOND_MOUSE_SHIFT)
+    assert np.isnan(table.loc["labeled-data/video2/img07.png", ("heatbench", "m2", "nose_top", "x")])

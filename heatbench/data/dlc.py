@@ -19,7 +19,8 @@ the keypoint names and their order from the config's ``bodyparts`` (``multianima
 Coordinates are 0-based pixel centres, like COCO, and become canonical through
 :func:`heatbench.coords.pixel_centre_to_canonical`. One instance per frame, or per labelled individual and
 frame in multi-animal tables (an individual's body parts it has no columns for, such as DeepLabCut's
-``single`` individual's, are unlabelled); frames and individuals with no labelled keypoint in a frame are
+``single`` individual's, are unlabelled; a project that mixes single- and multi-animal tables names the
+single-animal ones' individual ``animal``); frames and individuals with no labelled keypoint in a frame are
 dropped (nothing to learn or score), and an individual labelled in no frame at all is an error. The table
 has no boxes, so each instance gets :func:`heatbench.data.dataset.box_from_keypoints` from its own
 keypoints, and no left/right pairing, so ``flip_pairs`` is None (ours: pairing by names would be a guess,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 HEADER = ("scorer", "bodyparts", "coords")
 MULTI_ANIMAL_HEADER = ("scorer", "individuals", "bodyparts", "coords")
 PROJECT_FOLDER = "labeled-data"
+UNNAMED = "animal"  # the individual of a single-animal table's instances in a project with multi-animal tables
 
 
 @dataclass
@@ -279,7 +281,7 @@ def load_dlc_project(config: str | Path) -> KeypointDataset:
         keypoints.append(ordered)
     multi_animal = any(part.individuals is not None for part in parts)
     found = Instances([name for part in parts for name in part.image_names], np.concatenate(keypoints), names,
-                      [owner for part in parts for owner in part.individuals or [""] * len(part.image_names)]
+                      [owner for part in parts for owner in part.individuals or [UNNAMED] * len(part.image_names)]
                       if multi_animal else None)
     log.info("%s: %d label file(s) from %d folder(s)", config, len(files), len(folders))
     return _dataset(str(settings.get("Task") or root.name), config, found, root)
