@@ -1,4 +1,4 @@
-"""Command line: ``python -m heatbench {run,evaluate,list,floor,profile,merge,report,heatmap} ...`` (also installed as ``heatbench``).
+"""Command line: ``python -m heatbench {run,evaluate,data,list,floor,profile,merge,report,heatmap} ...`` (also installed as ``heatbench``).
 
 User errors (a bad flag value, an unknown name, an unreadable file) print one line and exit with status 2.
 """
@@ -157,6 +157,22 @@ def _heatmap(args) -> None:
         print(path)
 
 
+def _add_data(commands) -> None:
+    parser = commands.add_parser("data", help="what a run would load from a data set, and its split")
+    parser.add_argument("path", help="'default', a DeepLabCut table or config.yaml, or a COCO/MPII JSON")
+    parser.add_argument("--image-root", help="image folder for the data")
+    _add_split(parser)
+
+
+def _data(args) -> None:
+    from .data import load_dataset
+    from .splits import make_split
+
+    dataset = load_dataset(args.path, args.image_root)
+    print("\n".join(dataset.summary()))
+    print(make_split(dataset, _split_spec(args)).summary())  # last: a set that cannot be split still shows the rest
+
+
 def _add_evaluate(commands) -> None:
     parser = commands.add_parser("evaluate", help="score a trained checkpoint on a data set, with run's columns")
     parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by `run`")
@@ -220,10 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_heatmap(commands)
     _add_profile(commands)
     _add_evaluate(commands)
+    _add_data(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("numexpr").setLevel(logging.WARNING)  # pandas imports it (PyTables needs it); it logs its threads
     handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report, "heatmap": _heatmap, "profile": _profile,
-                "evaluate": _evaluate}
+                "evaluate": _evaluate, "data": _data}
     try:
         handlers[args.command](args)
     except (HeatbenchError, registry.UnknownRepresentationError, ConfigError) as error:

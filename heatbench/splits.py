@@ -55,6 +55,12 @@ class Split:
     description: str
     record: dict
 
+    def summary(self) -> str:
+        """One line: how the split was made, and the images and instances on each side."""
+        sides = [f"{name} {len(self.record[f'{name}_images'])} images / {len(part)} instances"
+                 for name, part in (("train", self.train), ("val", self.val))]
+        return f"split:      {self.description}: {', '.join(sides)}"
+
 
 def _unique(names: list[str]) -> list[str]:
     return sorted(set(names))

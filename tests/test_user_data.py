@@ -235,3 +235,28 @@ def test_multi_animal_predictions_csv_has_an_individuals_row_and_one_row_per_ima
     m1, m2 = (table.loc["labeled-data/video2/img05.png", ("heatbench", owner, "nose_top", "x")] for owner in ("m1", "m2"))
     assert m2 - m1 == pytest.approx(SECOND_MOUSE_SHIFT)
     assert np.isnan(table.loc["labeled-data/video2/img07.png", ("heatbench", "m2", "nose_top", "x")])
+
+
+def test_data_command_prints_what_a_run_would_load(tmp_path, capsys):
+    config = dlc_project(tmp_path / "project")
+    assert main(["data", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"data:       mini (dlc) from {config}"
+    assert lines[1] == f"image root: {tmp_path / 'project'}"
+    assert lines[2:4] == ["images:     8", "instances:  10 (3 individuals: animal, m1, m2)"]
+    assert lines[4].startswith("keypoints:  17: paw1LH_top, paw2LF_top")
+    assert lines[5] == "labelled:   97.6% of keypoint slots (166 of 170)"
+    assert lines[-1] == "split:      20% val, seed 0: train 6 images / 7 instances, val 2 images / 3 instances"
+    annotations = coco_set(tmp_path / "coco")
+    assert main(["data", str(annotations), "--val-fraction", "0.5", "--split-seed", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"image root: {tmp_path / 'coco' / 'images'}" and lines[3] == "instances:  12"
+    assert lines[-1].startswith("split:      50% val, seed 1: train 2 images")
+
+
+def test_data_command_answers_bad_input_with_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "labeled-data" / "video1").mkdir(parents=True)
+    (tmp_path / "config.yaml").write_text("Task: empty\nbodyparts:\n- nose\n")
+    assert main(["data", str(tmp_path / "config.yaml")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "config.yaml: no CollectedData_*.h5 or .csv" in error and "\n" not in error

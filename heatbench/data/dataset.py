@@ -113,6 +113,21 @@ class KeypointDataset:
     def num_keypoints(self) -> int:
         return self.keypoints.shape[1]
 
+    def summary(self) -> list[str]:
+        """What a run would load, one fact a line: source and format, image root, images, instances (and
+        individuals), keypoint names and the labelled share of keypoint slots."""
+        individuals = list(dict.fromkeys(self.individuals or []))
+        animals = f" ({len(individuals)} individuals: {', '.join(individuals)})" if individuals else ""
+        return [f"data:       {self.name} ({self.file_format or 'unknown format'}) from {self.source}",
+                f"image root: {self.image_root if self.image_root is not None else self.source.parent}",
+                f"images:     {len(np.unique(self.image_ids))}",
+                f"instances:  {len(self)}{animals}",
+                f"keypoints:  {self.num_keypoints}: {', '.join(self.keypoint_names)}",
+                f"labelled:   {self.visible.mean():.1%} of keypoint slots ({int(self.visible.sum())} of "
+                f"{self.visible.size})",
+                f"flip pairs: {len(self.flip_pairs) if self.flip_pairs else 'none (no flip augmentation or test)'}",
+                f"OKS sigmas: {self.sigma_note}"]
+
     def image_names(self) -> list[str]:
         """Each instance's image as the annotation file names it: relative to ``image_root``, with ``/``."""
         root = self.image_root if self.image_root is not None else self.source.parent
