@@ -3,8 +3,9 @@
 The checkpoint carries what rebuilds and scores its model (representation, resolved config, input size,
 keypoint names and the training settings, whose batch size the evaluation reuses), so a run's checkpoint
 scored on that run's validation data gives the run's numbers back. The data set must name the same
-keypoints in the same order. The mean-pose ratios stay blank: there is no training set to take a mean pose
-from. The output directory appears only once it is complete, like a run's.
+keypoints in the same order. The checkpoint also carries its training set's mean pose, so the table starts
+with that baseline scored on these data and the row's ``vs_mean_pose``; ``train_vs_mean_pose`` stays blank
+(there are no training frames here). The output directory appears only once it is complete, like a run's.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from .representation import build_representation
 from .exports import prediction_files
 from .runner import (per_keypoint_rows, representation_columns, table_columns, with_baselines, without_per_keypoint,
                      write_files)
-from .train import TrainConfig, build_model, evaluation_row, load_checkpoint, predict, resolve_device, score_predictions
+from .train import (MEAN_POSE, MEAN_POSE_KEY, TrainConfig, build_model, evaluation_row, load_checkpoint,
+                    mean_pose_scores, predict, resolve_device, score_predictions)
 
 
 def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_test: bool = True,
@@ -53,8 +55,13 @@ def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_te
            **evaluation_row(representation, model, predictions, score_predictions(dataset, predictions),
                             dataset.visible, device)}
     del row["predictions"]
-    per_keypoint = per_keypoint_rows([row])
-    rows = without_per_keypoint(with_baselines([row], []))
+    baselines = []
+    if MEAN_POSE_KEY in meta:  # the training set's mean pose, scored on these data: the bar the row must beat
+        baseline = mean_pose_scores(np.asarray(meta[MEAN_POSE_KEY]), dataset, representation.input_size)
+        del baseline["predictions"]
+        baselines.append({"representation": MEAN_POSE, "input": row["input"], "baseline": True, **baseline})
+    per_keypoint = per_keypoint_rows(baselines + [row])
+    rows = without_per_keypoint(with_baselines([row], baselines))
     record = {
         "checkpoint": str(checkpoint),
         "representation": {key: meta[key] for key in ("representation", "input_size", "config", "keypoint_names")},

@@ -24,8 +24,8 @@ from .parsing import parse_resolutions, parse_shard, size_name
 from .report import made_by, write_report
 from .representation import Representation, build_representation
 from .splits import SplitSpec, make_split
-from .train import (MEAN_POSE, TrainConfig, describe, init_distributed, mean_pose, resolve_device, run_one,
-                    steps_per_epoch, training_dtype)
+from .train import (MEAN_POSE, MEAN_POSE_KEY, TrainConfig, describe, init_distributed, mean_pose, resolve_device,
+                    run_one, steps_per_epoch, training_dtype)
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +212,14 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
     seed_rows: list[dict] = []
     files: dict[str, str] = {}
     arrays = {"image_ids": val_set.image_ids, "visible": val_set.visible, "target_image": val_set.keypoints}
-    baselines = []
+    baselines, means = [], {}
     for size in dict.fromkeys(size for (_, size), _ in jobs):
         baseline = mean_pose(train_set, val_set, size)
         if baseline is None:
             log.warning("no mean-pose baseline at %s: a keypoint is never labelled in the training crops",
                         size_name(size))
             continue
+        means[size] = baseline.pop("mean_input")
         for array_name, array in baseline.pop("predictions").items():
             arrays[f"{MEAN_POSE}_{size_name(size)}/{array_name}"] = array
         baselines.append({"representation": MEAN_POSE, "input": size_name(size), "baseline": True, "seeds": [],
@@ -233,8 +234,9 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
             floors[name, size] = floor.floor_error(representation)
         log.info("training %s at %s, seed %d", name, size_name(size), seed)
         checkpoint = spec.checkpoint_dir / spec.run_name() / f"{name}_{size_name(size)}_seed{seed}.pt"
+        mean = {MEAN_POSE_KEY: means[size].tolist()} if size in means else None
         row = run_one(representation, train_set, val_set, spec.train, device, seed, checkpoint,
-                      spec.resume, spec.progress, context, bar)
+                      spec.resume, spec.progress, context, bar, meta=mean)
         if row is None:  # not rank 0
             continue
         label = f"{name}_{size_name(size)}_seed{seed}"

@@ -217,7 +217,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 def train(representation: Representation, model: PoseModel, train_set: KeypointDataset, config: TrainConfig,
           device: torch.device, seed: int, checkpoint: Path | None = None, resume: bool = False,
           progress: bool = True, context: Distributed = Distributed(),
-          validate: Callable[[], dict] | None = None, bar: tqdm | None = None
+          validate: Callable[[], dict] | None = None, bar: tqdm | None = None, meta: dict | None = None
           ) -> tuple[float, list[float], list[dict]]:
     """Train in place; returns the training wall time in seconds (validation excluded), each epoch's mean loss
     and the learning curve, all over every epoch, those done before a ``resume`` included (the checkpoint
@@ -225,7 +225,8 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
 
     ``validate`` (called on every process, in eval mode, every ``config.eval_every`` epochs and after the last
     one) returns the metrics of one point of the curve; each point also holds its epoch, optimizer step and
-    the epoch's training loss. ``bar`` is the job-wide progress bar, advanced once per optimizer step."""
+    the epoch's training loss. ``bar`` is the job-wide progress bar, advanced once per optimizer step; ``meta``
+    is added to each checkpoint's ``meta`` record."""
     data = TopDownDataset(train_set, representation.input_size, train=True, augment=AugmentConfig(), seed=seed)
     if len(data) == 0:
         raise HeatbenchError(f"{train_set.source}: the training split is empty")
@@ -309,7 +310,8 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
                                           - validation_seconds,
                                           "epoch_losses": earlier_losses + [float(loss) for loss in epoch_losses],
                                           "curve": curve,
-                                          "meta": checkpoint_meta(representation, config, train_set.keypoint_names)})
+                                          "meta": {**checkpoint_meta(representation, config,
+                                                                     train_set.keypoint_names), **(meta or {})}})
     if own_bar:
         bar.close()
     seconds = earlier_seconds + time.perf_counter() - started - validation_seconds
@@ -377,8 +379,9 @@ def score_predictions(dataset: KeypointDataset, predictions: dict[str, np.ndarra
 def run_one(representation: Representation, train_set: KeypointDataset, val_set: KeypointDataset,
             config: TrainConfig, device: torch.device, seed: int, checkpoint: Path | None = None,
             resume: bool = False, progress: bool = True, context: Distributed = Distributed(),
-            bar: tqdm | None = None) -> dict | None:
-    """Train and evaluate one representation x resolution x seed; rank 0 returns its row (metrics, costs)."""
+            bar: tqdm | None = None, meta: dict | None = None) -> dict | None:
+    """Train and evaluate one representation x resolution x seed; rank 0 returns its row (metrics, costs).
+    ``meta`` goes into the checkpoints (see ``train``)."""
     seed_everything(seed)
     model = build_model(representation, config)
     last: dict = {}
@@ -391,7 +394,7 @@ def run_one(representation: Representation, train_set: KeypointDataset, val_set:
         return {key: last["metrics"][key] for key in CURVE_METRICS}
 
     train_seconds, epoch_losses, curve = train(representation, model, train_set, config, device, seed, checkpoint,
-                                               resume, progress, context, validate, bar)
+                                               resume, progress, context, validate, bar, meta)
     if "predictions" not in last:  # resumed after the last epoch: nothing was validated in this process
         validate()
     # the unaugmented training frames: whether the model fits what it was trained on, beside what it generalises
@@ -428,33 +431,43 @@ def evaluation_row(representation: Representation, model: PoseModel, predictions
 
 
 MEAN_POSE = "mean pose"
+MEAN_POSE_KEY = "mean_pose_input"  # the checkpoint meta's (K, 2) training mean pose in input px
 
 
 def mean_pose(train_set: KeypointDataset, val_set: KeypointDataset, input_size: tuple[int, int]) -> dict | None:
     """The baseline that looks at no image: every validation instance predicted at the training set's mean
     position of each keypoint in the (unaugmented) crop, with score 1. What a row that learned nothing
-    scores; its metrics have the keys of a trained row's. None when a keypoint is never labelled in the
-    training crops (no mean exists)."""
-    def crops(dataset: KeypointDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        data = TopDownDataset(dataset, input_size, train=False)
-        affines, keypoints, visible = zip(*(data.geometry(index) for index in range(len(data))))
-        return np.stack(affines), np.stack(keypoints), np.stack(visible)
-
-    _, train_keypoints, train_visible = crops(train_set)
+    scores; its metrics have the keys of a trained row's, and ``mean_input`` is the (K, 2) mean in input px
+    (checkpoints carry it, so that ``evaluate`` has the same bar). None when a keypoint is never labelled in
+    the training crops (no mean exists)."""
+    _, train_keypoints, train_visible = _crops(train_set, input_size)
     counts = train_visible.sum(axis=0)  # (K,)
     if not counts.all():
         return None
     mean = (train_keypoints * train_visible[..., None]).sum(axis=0) / counts[:, None]  # (K, 2) input px
     train_error = mean_error(np.broadcast_to(mean, train_keypoints.shape), train_keypoints, train_visible)
-    affines, target_input, _ = crops(val_set)
+    return {**mean_pose_scores(mean, val_set, input_size), "train_mean_error_input_px": train_error,
+            "mean_input": mean}
+
+
+def _crops(dataset: KeypointDataset, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(affines, keypoints, visible) of every instance's unaugmented crop."""
+    data = TopDownDataset(dataset, input_size, train=False)
+    affines, keypoints, visible = zip(*(data.geometry(index) for index in range(len(data))))
+    return np.stack(affines), np.stack(keypoints), np.stack(visible)
+
+
+def mean_pose_scores(mean: np.ndarray, dataset: KeypointDataset, input_size: tuple[int, int]) -> dict:
+    """The metrics, and under ``predictions`` the arrays, of predicting the (K, 2) input-px ``mean`` for
+    every instance of ``dataset``."""
+    affines, target_input, _ = _crops(dataset, input_size)
     pred_input = np.broadcast_to(mean, target_input.shape)
     input_to_image = invert_affine(affines)
     predictions = {"pred_input": pred_input, "target_input": target_input,
                    "scores": np.ones(target_input.shape[:2]),
                    "pred_image": np.einsum("nij,nkj->nki", input_to_image[:, :, :2], pred_input)
                    + input_to_image[:, None, :, 2]}
-    return {**score_predictions(val_set, predictions), "train_mean_error_input_px": train_error,
-            "predictions": predictions}
+    return {**score_predictions(dataset, predictions), "predictions": predictions}
 
 
 def _variant_row(representation: Representation, model: PoseModel, predictions: dict[str, np.ndarray],

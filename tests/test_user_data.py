@@ -75,13 +75,16 @@ def test_evaluate_scores_a_runs_checkpoint_to_the_runs_metrics(pair_run, pair, t
     argv = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(pair[1]), "--out", str(tmp_path / "ev"),
             "--quiet"]
     assert main(argv) == 0
-    (run_row,) = json.loads((pair_run / "results" / "pair" / "results.json").read_text())["seed_rows"]
-    (row,) = json.loads((tmp_path / "ev" / "results.json").read_text())["rows"]
+    run_record = json.loads((pair_run / "results" / "pair" / "results.json").read_text())
+    baseline, row = json.loads((tmp_path / "ev" / "results.json").read_text())["rows"]
+    (run_row,), run_baseline = run_record["seed_rows"], run_record["rows"][0]
     for column in ACCURACY_COLUMNS + ["total_params", "inference_gflops", "floor_px", "output", "train_steps"]:
         assert row[column] == run_row[column], column
-    run_keypoints = pd.read_csv(pair_run / "results" / "pair" / "per_keypoint.csv")
+    for column in ACCURACY_COLUMNS:  # the training set's mean pose, carried by the checkpoint
+        assert baseline[column] == run_baseline[column], column
+    assert row["vs_mean_pose"] == run_record["rows"][1]["vs_mean_pose"] and row["train_vs_mean_pose"] is None
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ev" / "per_keypoint.csv"),
-                                  run_keypoints[run_keypoints["representation"] == "heatmap"].reset_index(drop=True))
+                                  pd.read_csv(pair_run / "results" / "pair" / "per_keypoint.csv"))
     assert _headers(tmp_path / "ev" / "table.md") == _headers(pair_run / "results" / "pair" / "table.md")
 
 
