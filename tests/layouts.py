@@ -89,3 +89,34 @@ def train_val_pair(root: Path) -> tuple[Path, Path]:
     train.write_text("\n".join(lines[:3] + lines[3:9]) + "\n")
     val.write_text("\n".join(lines[:3] + lines[9:]) + "\n")
     return train, val
+
+
+DLC_BAD_INPUTS = ("project without label files", "individual with no labels", "h5 that is not a DeepLabCut table",
+                  "file that is not HDF5")
+
+
+def dlc_bad_inputs(tmp_path: Path) -> dict[str, tuple]:
+    """DLC_BAD_INPUTS built under ``tmp_path``: name -> (file to load, file the message must name, text the
+    message must contain)."""
+    empty = tmp_path / "empty"
+    (empty / "labeled-data" / "video1").mkdir(parents=True)
+    (empty / "config.yaml").write_text("Task: empty\nbodyparts:\n- nose\n")
+    dlc_project(tmp_path / "ghost")
+    multi = tmp_path / "ghost" / "labeled-data" / "video2" / "CollectedData_rick.csv"
+    lines = multi.read_text().splitlines()
+    owners = lines[1].split(",")
+    lines[1] = ",".join(owners[:3] + ["m3" if owner == "m2" else owner for owner in owners[3:]])
+    rows = [line.split(",") for line in lines[4:]]
+    for row in rows:  # m3 is m2's columns, emptied in every frame
+        row[3 + len(owners[3:]) // 2:] = [""] * (len(owners[3:]) // 2)
+    multi.write_text("\n".join(lines[:4] + [",".join(row) for row in rows]) + "\n")
+    plain = tmp_path / "plain.h5"
+    pd.DataFrame({"a": [1.0]}).to_hdf(plain, key="df", mode="w")
+    not_hdf = tmp_path / "text.h5"
+    not_hdf.write_text("not HDF5\n")
+    return {
+        "project without label files": (empty / "config.yaml", "config.yaml", "no CollectedData_*.h5 or .csv"),
+        "individual with no labels": (multi, "CollectedData_rick.csv", "individual 'm3' has no labelled keypoint"),
+        "h5 that is not a DeepLabCut table": (plain, "plain.h5", "not a DeepLabCut label table"),
+        "file that is not HDF5": (not_hdf, "text.h5", "not a DeepLabCut label table"),
+    }

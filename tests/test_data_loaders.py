@@ -8,13 +8,12 @@ from pathlib import Path
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from heatbench.data import KeypointDataset, load_coco_json, load_dataset, load_default, load_dlc_csv, load_mpii_json
 from heatbench.data.dataset import box_from_keypoints
 from heatbench.errors import DataError, HeatbenchError
-from tests.layouts import SECOND_MOUSE_FRAMES, SECOND_MOUSE_SHIFT, coco_set, dlc_project
+from tests.layouts import DLC_BAD_INPUTS, SECOND_MOUSE_FRAMES, SECOND_MOUSE_SHIFT, coco_set, dlc_bad_inputs, dlc_project
 
 DATA = Path(__file__).parent / "data"
 SAMPLES = DATA / "mmpose_samples"
@@ -204,36 +203,9 @@ def test_coco_images_found_nowhere_is_an_error_listing_every_folder_tried(tmp_pa
     assert "\n" not in message and "--image-root" in message
 
 
-def _dlc_bad_inputs(tmp_path: Path) -> dict[str, tuple]:
-    """name -> (file to load, file the message must name, text the message must contain)."""
-    empty = tmp_path / "empty"
-    (empty / "labeled-data" / "video1").mkdir(parents=True)
-    (empty / "config.yaml").write_text("Task: empty\nbodyparts:\n- nose\n")
-    dlc_project(tmp_path / "ghost")
-    multi = tmp_path / "ghost" / "labeled-data" / "video2" / "CollectedData_rick.csv"
-    lines = multi.read_text().splitlines()
-    owners = lines[1].split(",")
-    lines[1] = ",".join(owners[:3] + ["m3" if owner == "m2" else owner for owner in owners[3:]])
-    rows = [line.split(",") for line in lines[4:]]
-    for row in rows:  # m3 is m2's columns, emptied in every frame
-        row[3 + len(owners[3:]) // 2:] = [""] * (len(owners[3:]) // 2)
-    multi.write_text("\n".join(lines[:4] + [",".join(row) for row in rows]) + "\n")
-    plain = tmp_path / "plain.h5"
-    pd.DataFrame({"a": [1.0]}).to_hdf(plain, key="df", mode="w")
-    not_hdf = tmp_path / "text.h5"
-    not_hdf.write_text("not HDF5\n")
-    return {
-        "project without label files": (empty / "config.yaml", "config.yaml", "no CollectedData_*.h5 or .csv"),
-        "individual with no labels": (multi, "CollectedData_rick.csv", "individual 'm3' has no labelled keypoint"),
-        "h5 that is not a DeepLabCut table": (plain, "plain.h5", "not a DeepLabCut label table"),
-        "file that is not HDF5": (not_hdf, "text.h5", "not a DeepLabCut label table"),
-    }
-
-
-@pytest.mark.parametrize("case", ["project without label files", "individual with no labels",
-                                  "h5 that is not a DeepLabCut table", "file that is not HDF5"])
+@pytest.mark.parametrize("case", DLC_BAD_INPUTS)
 def test_bad_dlc_input_raises_a_one_line_data_error_naming_the_file(tmp_path, case):
-    path, file_name, text = _dlc_bad_inputs(tmp_path)[case]
+    path, file_name, text = dlc_bad_inputs(tmp_path)[case]
     with pytest.raises(DataError) as error:
         load_dataset(path)
     message = str(error.value)

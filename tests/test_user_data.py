@@ -19,7 +19,8 @@ from heatbench.data import load_dataset
 from heatbench.exports import dlc_predictions
 from heatbench.metrics import coco_results, oks_ap
 from heatbench.splits import SplitSpec, make_split
-from tests.layouts import MOUSE_MINI, SECOND_MOUSE_SHIFT, coco_set, dlc_project, train_val_pair
+from tests.layouts import (DLC_BAD_INPUTS, MOUSE_MINI, SECOND_MOUSE_SHIFT, coco_set, dlc_bad_inputs, dlc_project,
+                           train_val_pair)
 
 TINY = ["--res", "64", "--epochs", "1", "--batch-size", "4", "--quiet"]
 ACCURACY_COLUMNS = ["mean_error_input_px", "mean_error_image_px", "pck@0.05", "pck@0.1", "pck@0.2", "AP", "AR"]
@@ -149,6 +150,16 @@ def test_bad_input_is_one_line_exit_2_and_no_results(case, message, pair, pair_r
     assert main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error, error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", DLC_BAD_INPUTS)
+def test_bad_dlc_data_stops_run_with_one_line_exit_2_and_no_results(case, tmp_path, capsys):
+    path, file_name, text = dlc_bad_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    assert main(["run", "--repr", "heatmap", "--data", str(path), "--out", str(out), *TINY]) == 2
+    error = capsys.readouterr().err.strip()
+    assert file_name in error and text in error and "\n" not in error
     assert not out.exists()
 
 

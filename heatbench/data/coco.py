@@ -15,6 +15,9 @@ COCO, meaningless for 14 points) are not used; OCHuman's file has no ``licenses`
 falls back to :func:`heatbench.data.dataset.box_from_keypoints` (ours; HRNet instead drops such
 instances). Boxes are not clipped to the image (ours; HRNet clips them).
 
+Without an image root, the images are looked for where the common layouts keep them (:func:`image_folders`:
+the file's folder, its parent, ``images/`` beside ``annotations/``); the folder used is logged.
+
 Sigmas are chosen by the keypoint names: COCO's 17 (also used for OCHuman), CrowdPose's 14 or AIC's 14,
 values from MMPose's dataset metadata; any other keypoint set gets 0.05 each (ours). Flip pairs come from
 ``left_X``/``right_X`` names.
