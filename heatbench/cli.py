@@ -20,7 +20,8 @@ def _add_run(commands) -> None:
     parser.add_argument("--repr", required=True, help="'all' or comma-separated names (see `heatbench list`)")
     parser.add_argument("--res", default="64", help="input sizes, N or HxW, comma-separated (default 64)")
     parser.add_argument("--data", default="default",
-                        help="'default' (the embedded mirror-mouse set), a DeepLabCut CSV or a COCO/MPII JSON")
+                        help="'default' (the embedded mirror-mouse set), a DeepLabCut config.yaml, .h5 or .csv, "
+                             "or a COCO/MPII JSON")
     parser.add_argument("--image-root", help="image folder for --data (default: the annotation file's folder; "
                                              "COCO files also look in the common layouts)")
     _add_split(parser)
@@ -53,7 +54,8 @@ def _add_split(parser) -> None:
     parser.add_argument("--val-fraction", type=float, help="share of --data's images to validate on (default 0.2)")
     parser.add_argument("--split-seed", type=int, help="seed of the random split by image (default 0)")
     parser.add_argument("--split", type=Path, metavar="FILE",
-                        help="re-use the split stored in a run's results.json (or a JSON with train_images, val_images)")
+                        help="re-use the split stored in a run's results.json (or a JSON with train_images and "
+                             "val_images)")
 
 
 def _split_spec(args):
@@ -78,8 +80,9 @@ def _run(args) -> None:
         raise HeatbenchError(f"--seeds {args.seeds}: must be >= 1")
     run(RunSpec(representations=names, resolutions=parse_resolutions(args.res), data=args.data,
                 image_root=args.image_root, split=_split_spec(args), seeds=args.seeds, first_seed=args.seed,
-                device=args.device, out=args.out, name=args.name, overrides=parse_overrides(args.set, names), train=train,
-                checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=not args.quiet), shard=args.shard)
+                device=args.device, out=args.out, name=args.name, overrides=parse_overrides(args.set, names),
+                train=train, checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=not args.quiet),
+        shard=args.shard)
 
 
 def _list(args) -> None:
@@ -240,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("numexpr").setLevel(logging.WARNING)  # pandas imports it (PyTables needs it); it logs its threads
-    handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report, "heatmap": _heatmap, "profile": _profile,
-                "evaluate": _evaluate, "data": _data}
+    handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report, "heatmap": _heatmap,
+                "profile": _profile, "evaluate": _evaluate, "data": _data}
     try:
         handlers[args.command](args)
     except (HeatbenchError, registry.UnknownRepresentationError, ConfigError) as error:

@@ -182,13 +182,12 @@ def checkpoint_meta(representation: Representation, config: TrainConfig, keypoin
     """What a checkpoint needs to rebuild and score its model without the run that made it: the
     representation's name, resolved config and input size, the keypoint names it was trained on, and the
     training settings (evaluation reuses their batch size and backbone)."""
-    return {"format": CHECKPOINT_FORMAT, "representation": representation.name,
-            "input_size": representation.input_size, "num_keypoints": representation.num_keypoints,
-            "keypoint_names": list(keypoint_names), "config": representation.resolved_config(),
-            "backbone_depth": config.backbone_depth, "train": dataclasses.asdict(config)}
+    return {"representation": representation.name, "input_size": representation.input_size,
+            "num_keypoints": representation.num_keypoints, "keypoint_names": list(keypoint_names),
+            "config": representation.resolved_config(), "backbone_depth": config.backbone_depth,
+            "train": describe(config)}
 
 
-CHECKPOINT_FORMAT = "heatbench checkpoint 1"
 REBUILD_KEYS = ("representation", "input_size", "num_keypoints", "config", "backbone_depth")
 
 

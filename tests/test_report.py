@@ -104,7 +104,8 @@ def test_report_into_the_run_directory_adds_files_and_keeps_the_run(run_dir, tmp
     before = {name: (run / name).read_bytes() for name in RUN_FILES}
     write_report([run], run)
     assert {name: (run / name).read_bytes() for name in RUN_FILES} == before
-    assert sorted(p.name for p in run.iterdir()) == sorted({*RUN_FILES, PREDICTION_FOLDER, REPORT, *FIGURES})  # no staging
+    expected = {*RUN_FILES, PREDICTION_FOLDER, REPORT, *FIGURES}
+    assert sorted(p.name for p in run.iterdir()) == sorted(expected)  # no staging left
 
 
 def test_same_representation_in_two_runs_is_kept_twice_labelled_by_run(run_dir, tmp_path):

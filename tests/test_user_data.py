@@ -246,7 +246,8 @@ def test_multi_animal_predictions_csv_has_an_individuals_row_and_one_row_per_ima
     assert list(table.columns.names) == ["scorer", "individuals", "bodyparts", "coords"]
     assert len(table) == 8 and table.index[4] == "labeled-data/video2/img05.png"
     assert list(dict.fromkeys(table.columns.get_level_values("individuals"))) == ["animal", "m1", "m2"]
-    m1, m2 = (table.loc["labeled-data/video2/img05.png", ("heatbench", owner, "nose_top", "x")] for owner in ("m1", "m2"))
+    m1, m2 = (table.loc["labeled-data/video2/img05.png", ("heatbench", owner, "nose_top", "x")]
+              for owner in ("m1", "m2"))
     assert m2 - m1 == pytest.approx(SECOND_MOUSE_SHIFT)
     assert np.isnan(table.loc["labeled-data/video2/img07.png", ("heatbench", "m2", "nose_top", "x")])
 
