@@ -66,7 +66,7 @@ def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_te
     record = {
         "checkpoint": str(checkpoint),
         "representation": {key: meta[key] for key in ("representation", "input_size", "config", "keypoint_names")},
-        "data": {"name": dataset.name, "source": str(dataset.source), "image_root": str(dataset.image_root),
+        "data": {"name": dataset.name, "source": str(dataset.source), "image_root": str(dataset.image_folder),
                  "instances": len(dataset), "images": len(np.unique(dataset.image_ids)),
                  "oks_sigmas": dataset.sigma_note, "flip_test": bool(flip_test and dataset.flip_pairs)},
         "train": meta["train"],

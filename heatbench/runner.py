@@ -255,7 +255,7 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
                  "split_seed": split.record.get("seed"), "val_fraction": split.record.get("val_fraction"),
                  "split": split.description,
                  **({"val_source": split.record["val_source"]} if "val_source" in split.record else {}),
-                 "image_root": str(dataset.image_root), "oks_sigmas": dataset.sigma_note,
+                 "image_root": str(dataset.image_folder), "oks_sigmas": dataset.sigma_note,
                  "flip_test": bool(spec.train.flip_test and dataset.flip_pairs)},
         "split": split.record,
         "train": describe(spec.train),

@@ -113,13 +113,19 @@ class KeypointDataset:
     def num_keypoints(self) -> int:
         return self.keypoints.shape[1]
 
+    @property
+    def image_folder(self) -> Path:
+        """Where the file's image names start: ``image_root``, or for a data set made without one the
+        source's folder."""
+        return self.image_root if self.image_root is not None else self.source.parent
+
     def summary(self) -> list[str]:
-        """What a run would load, one fact a line: source and format, image root, images, instances (and
-        individuals), keypoint names and the labelled share of keypoint slots."""
+        """What a run would load, one fact a line: source and format, image folder, images, instances (and
+        individuals), keypoint names, the labelled share of keypoint slots, flip pairs and OKS sigmas."""
         individuals = list(dict.fromkeys(self.individuals or []))
         animals = f" ({len(individuals)} individuals: {', '.join(individuals)})" if individuals else ""
         return [f"data:       {self.name} ({self.file_format or 'unknown format'}) from {self.source}",
-                f"image root: {self.image_root if self.image_root is not None else self.source.parent}",
+                f"image root: {self.image_folder}",
                 f"images:     {len(np.unique(self.image_ids))}",
                 f"instances:  {len(self)}{animals}",
                 f"keypoints:  {self.num_keypoints}: {', '.join(self.keypoint_names)}",
@@ -130,8 +136,7 @@ class KeypointDataset:
 
     def image_names(self) -> list[str]:
         """Each instance's image as the annotation file names it: relative to ``image_root``, with ``/``."""
-        root = self.image_root if self.image_root is not None else self.source.parent
-        return [Path(os.path.relpath(path, root)).as_posix() for path in self.image_paths]
+        return [Path(os.path.relpath(path, self.image_folder)).as_posix() for path in self.image_paths]
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> KeypointDataset:
         """The instances at ``indices``, in that order, with the data set's metadata unchanged."""
@@ -237,13 +242,13 @@ def locate_images(source: Path, names: Sequence[str], candidates: Sequence[Path]
     """(root, absolute image paths) from the first of ``candidates`` that holds every image; logged, since a
     user who did not name the folder should see which one was taken. None holding them all is a DataError
     listing every folder tried."""
-    for root in dict.fromkeys(Path(os.path.abspath(candidate)) for candidate in candidates):
+    roots = list(dict.fromkeys(Path(os.path.abspath(candidate)) for candidate in candidates))
+    for root in roots:
         try:
             paths = resolve_images(source, names, root)
         except DataError:
             continue
         log.info("%s: images from %s", source, root)
         return root, paths
-    tried = ", ".join(str(Path(os.path.abspath(candidate))) for candidate in dict.fromkeys(candidates))
-    raise DataError(f"{source}: the images (e.g. {names[0]!r}) are not all under any of {tried}; pass the image "
-                    "folder as --image-root")
+    raise DataError(f"{source}: the images (e.g. {names[0]!r}) are not all under any of "
+                    f"{', '.join(map(str, roots))}; pass the image folder as --image-root")
