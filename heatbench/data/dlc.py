@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..coords import pixel_centre_to_canonical
 from ..errors import DataError
@@ -134,8 +135,6 @@ def read_csv_table(path: str | Path) -> LabelTable:
 
 def read_h5_table(path: str | Path) -> LabelTable:
     """A DeepLabCut label table stored by pandas in HDF5, as it is in the file."""
-    import pandas as pd
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
