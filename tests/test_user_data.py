@@ -94,6 +94,19 @@ def _headers(table):
     return [cell.strip() for cell in line.split("|")]
 
 
+def test_run_with_a_stored_split_trains_and_validates_on_the_same_images(pair_run, tmp_path):
+    stored = pair_run / "results" / "pair" / "results.json"
+    argv = ["run", "--repr", "heatmap", "--data", str(MOUSE_MINI), "--split", str(stored), "--out", str(tmp_path),
+            "--name", "again", "--checkpoint-dir", str(tmp_path / "checkpoints"), *TINY]
+    assert main(argv) == 0
+    first, again = (json.loads(path.read_text()) for path in (stored, tmp_path / "again" / "results.json"))
+    assert again["split"]["method"] == "file" and again["data"]["split"] == "stored in results.json"
+    assert again["split"]["train_images"] == first["split"]["train_images"]
+    assert again["split"]["val_images"] == first["split"]["val_images"]
+    for column in ACCURACY_COLUMNS:  # the same frames in the same order: the same study, mean pose and model
+        assert [row[column] for row in again["rows"]] == [row[column] for row in first["rows"]], column
+
+
 def test_a_stored_split_is_reused_image_for_image(tmp_path):
     data = load_dataset(MOUSE_MINI)
     drawn = make_split(data, SplitSpec(val_fraction=0.25, seed=3))
