@@ -224,6 +224,21 @@ def test_coco_results_json_scored_by_cocoeval_gives_the_tables_ap(coco_run):
     assert _coco_ap(annotations, results) == pytest.approx(row["AP"], abs=1e-12)
 
 
+def test_evaluate_with_the_flip_test_gives_a_coco_runs_metrics_and_results_file_back(coco_run, tmp_path):
+    checkpoint = coco_run / "checkpoints" / "coco" / "heatmap_64x64_seed0.pt"
+    val = coco_run / "set" / "annotations" / "person_keypoints_val.json"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(val), "--out", str(tmp_path / "ev"),
+                 "--quiet"]) == 0
+    run = coco_run / "results" / "coco"
+    record = json.loads((run / "results.json").read_text())
+    assert record["data"]["flip_test"]  # COCO names left/right pairs
+    (run_row,), (_, row) = record["seed_rows"], json.loads((tmp_path / "ev" / "results.json").read_text())["rows"]
+    for column in ACCURACY_COLUMNS:
+        assert row[column] == run_row[column], column
+    name = "heatmap_64x64_seed0.coco.json"
+    assert (tmp_path / "ev" / "predictions" / name).read_text() == (run / "predictions" / name).read_text()
+
+
 def test_coco_results_of_good_predictions_score_in_cocoeval_as_in_the_table(tmp_path):
     annotations = coco_set(tmp_path)
     data = load_dataset(annotations)
