@@ -62,13 +62,9 @@ class Split:
         return f"split:      {self.description}: {', '.join(sides)}"
 
 
-def _unique(names: list[str]) -> list[str]:
-    return sorted(set(names))
-
-
 def _record(method: str, train: KeypointDataset, val: KeypointDataset, **settings) -> dict:
-    return {"method": method, **settings, "train_images": _unique(train.image_names()),
-            "val_images": _unique(val.image_names())}
+    return {"method": method, **settings, "train_images": sorted(set(train.image_names())),
+            "val_images": sorted(set(val.image_names()))}
 
 
 def _stored_split(path: Path) -> tuple[list[str], list[str]]:
