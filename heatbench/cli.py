@@ -1,4 +1,4 @@
-"""Command line: ``python -m heatbench {run,list,floor,profile,merge,report,heatmap} ...`` (also installed as ``heatbench``).
+"""Command line: ``python -m heatbench {run,evaluate,data,list,floor,profile,merge,report,heatmap} ...`` (also installed as ``heatbench``).
 
 User errors (a bad flag value, an unknown name, an unreadable file) print one line and exit with status 2.
 """
@@ -20,8 +20,11 @@ def _add_run(commands) -> None:
     parser.add_argument("--repr", required=True, help="'all' or comma-separated names (see `heatbench list`)")
     parser.add_argument("--res", default="64", help="input sizes, N or HxW, comma-separated (default 64)")
     parser.add_argument("--data", default="default",
-                        help="'default' (the embedded mirror-mouse set), a DeepLabCut CSV or a COCO/MPII JSON")
-    parser.add_argument("--image-root", help="image folder for --data (default: the annotation file's folder)")
+                        help="'default' (the embedded mirror-mouse set), a DeepLabCut config.yaml, .h5 or .csv, "
+                             "or a COCO/MPII JSON")
+    parser.add_argument("--image-root", help="image folder for --data (default: the annotation file's folder; "
+                                             "COCO files also look in the common layouts)")
+    _add_split(parser)
     parser.add_argument("--epochs", type=int, help="training epochs (default: the TrainConfig default)")
     parser.add_argument("--batch-size", type=int, help="training batch size")
     parser.add_argument("--eval-every", type=int,
@@ -45,6 +48,23 @@ def _add_run(commands) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_split(parser) -> None:
+    parser.add_argument("--val-data", help="a second annotation file to validate on (then no split is drawn)")
+    parser.add_argument("--val-image-root", help="image folder for --val-data")
+    parser.add_argument("--val-fraction", type=float, help="share of --data's images to validate on (default 0.2)")
+    parser.add_argument("--split-seed", type=int, help="seed of the random split by image (default 0)")
+    parser.add_argument("--split", type=Path, metavar="FILE",
+                        help="re-use the split stored in a run's results.json (or a JSON with train_images and "
+                             "val_images)")
+
+
+def _split_spec(args):
+    from .splits import SplitSpec
+
+    return SplitSpec(val_data=args.val_data, val_image_root=args.val_image_root, val_fraction=args.val_fraction,
+                     seed=args.split_seed, split_file=args.split)
+
+
 def _run(args) -> None:
     import dataclasses
 
@@ -59,9 +79,10 @@ def _run(args) -> None:
     if args.seeds < 1:
         raise HeatbenchError(f"--seeds {args.seeds}: must be >= 1")
     run(RunSpec(representations=names, resolutions=parse_resolutions(args.res), data=args.data,
-                image_root=args.image_root, seeds=args.seeds, first_seed=args.seed, device=args.device,
-                out=args.out, name=args.name, overrides=parse_overrides(args.set, names), train=train,
-                checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=not args.quiet), shard=args.shard)
+                image_root=args.image_root, split=_split_spec(args), seeds=args.seeds, first_seed=args.seed,
+                device=args.device, out=args.out, name=args.name, overrides=parse_overrides(args.set, names),
+                train=train, checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=not args.quiet),
+        shard=args.shard)
 
 
 def _list(args) -> None:
@@ -139,6 +160,40 @@ def _heatmap(args) -> None:
         print(path)
 
 
+def _add_data(commands) -> None:
+    parser = commands.add_parser("data", help="what a run would load from a data set, and its split")
+    parser.add_argument("path", help="'default', a DeepLabCut table or config.yaml, or a COCO/MPII JSON")
+    parser.add_argument("--image-root", help="image folder for the data")
+    _add_split(parser)
+
+
+def _data(args) -> None:
+    from .data import load_dataset
+    from .splits import make_split
+
+    dataset = load_dataset(args.path, args.image_root)
+    print("\n".join(dataset.summary()))
+    print(make_split(dataset, _split_spec(args)).summary())  # last: a set that cannot be split still shows the rest
+
+
+def _add_evaluate(commands) -> None:
+    parser = commands.add_parser("evaluate", help="score a trained checkpoint on a data set, with run's columns")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by `run`")
+    parser.add_argument("--data", required=True, help="a DeepLabCut table or config.yaml, or a COCO/MPII JSON")
+    parser.add_argument("--image-root", help="image folder for --data")
+    parser.add_argument("--no-flip-test", action="store_true", help="evaluate without the flip test")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--out", type=Path, help="directory to write (default results/<checkpoint>_on_<data>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _evaluate(args) -> None:
+    from .evaluate import evaluate
+
+    evaluate(args.checkpoint, args.data, args.image_root, flip_test=not args.no_flip_test, out=args.out,
+             device=args.device, progress=not args.quiet)
+
+
 def _add_profile(commands) -> None:
     parser = commands.add_parser("profile", help="the cost table: parameters, GFLOPs, latency, throughput, memory")
     parser.add_argument("--repr", default="all", help="'all' or comma-separated names")
@@ -183,9 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_report(commands)
     _add_heatmap(commands)
     _add_profile(commands)
+    _add_evaluate(commands)
+    _add_data(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report, "heatmap": _heatmap, "profile": _profile}
+    logging.getLogger("numexpr").setLevel(logging.WARNING)  # pandas imports it (PyTables needs it); it logs its threads
+    handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report, "heatmap": _heatmap,
+                "profile": _profile, "evaluate": _evaluate, "data": _data}
     try:
         handlers[args.command](args)
     except (HeatbenchError, registry.UnknownRepresentationError, ConfigError) as error:

@@ -23,9 +23,12 @@ from .coords import canonical_to_pixel_centre
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)
 
 
-def _masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
-    count = mask.sum()
-    return float((values * mask).sum() / count) if count else float("nan")
+def _masked_mean(values: np.ndarray, mask: np.ndarray, axis: int | None = None) -> float | np.ndarray:
+    """The mean of ``values`` where ``mask``, over everything or along ``axis`` (NaN where nothing is masked in)."""
+    count, total = mask.sum(axis=axis), (values * mask).sum(axis=axis)
+    if axis is None:
+        return float(total / count) if count else float("nan")
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def keypoint_errors(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -47,10 +50,30 @@ def decoding_agreement(first: np.ndarray, second: np.ndarray, step_xy: tuple[flo
     return _masked_mean(close.astype(np.float64), visible > 0)
 
 
-def pck(errors: np.ndarray, visible: np.ndarray, norm: np.ndarray, threshold: float) -> float:
-    """Fraction of labelled keypoints with error < threshold x norm; errors/visible (N, K), norm (N,)."""
+def pck(errors: np.ndarray, visible: np.ndarray, norm: np.ndarray, threshold: float,
+        axis: int | None = None) -> float | np.ndarray:
+    """Fraction of labelled keypoints with error < threshold x norm; errors/visible (N, K), norm (N,); over
+    every keypoint, or with ``axis=0`` per keypoint."""
     hits = np.nan_to_num(errors) < threshold * norm[:, None]
-    return _masked_mean(hits.astype(np.float64), visible > 0)
+    return _masked_mean(hits.astype(np.float64), visible > 0, axis)
+
+
+def keypoint_similarity(errors: np.ndarray, areas: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """(N, K) per-keypoint OKS terms exp(-d^2 / (2 s^2 (2 sigma)^2)), s^2 the instance area, as COCOeval's
+    ``computeOks`` sums them; errors (N, K) in image px."""
+    variances = (2 * np.asarray(sigmas, dtype=np.float64)) ** 2
+    return np.exp(-np.nan_to_num(errors) ** 2 / variances / (areas[:, None] + np.spacing(1)) / 2)
+
+
+def coco_results(dataset, keypoints: np.ndarray, scores: np.ndarray) -> list[dict]:
+    """COCO keypoint results for (N, K, 2) image-coordinate predictions of the N instances of ``dataset``:
+    ``image_id``, ``category_id``, ``keypoints`` as flat 0-based pixel-centre ``[x, y, v, ...]`` (v = 1: COCOeval
+    reads only x and y) and ``score``, the mean keypoint score (see ``oks_ap``), ready for ``COCO.loadRes``."""
+    exported = canonical_to_pixel_centre(keypoints)
+    flags = np.ones((*exported.shape[:2], 1))
+    return [{"image_id": int(image_id), "category_id": dataset.category_id,
+             "keypoints": np.concatenate([points, flag], axis=1).reshape(-1).tolist(), "score": float(np.mean(score))}
+            for image_id, points, flag, score in zip(dataset.image_ids, exported, flags, scores)]
 
 
 def oks_ap(dataset, keypoints: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -59,9 +82,8 @@ def oks_ap(dataset, keypoints: np.ndarray, scores: np.ndarray) -> dict[str, floa
     Instance score = mean keypoint score (ours; top-down pipelines usually also multiply a detector score,
     and heatbench crops from ground-truth boxes, so there is none).
     """
-    images, annotations, results = [], [], []
+    images, annotations = [], []
     exported_gt = canonical_to_pixel_centre(np.nan_to_num(dataset.keypoints))
-    exported_pred = canonical_to_pixel_centre(keypoints)
     for image_id in np.unique(dataset.image_ids):
         images.append({"id": int(image_id)})
     for index in range(len(dataset)):
@@ -69,20 +91,19 @@ def oks_ap(dataset, keypoints: np.ndarray, scores: np.ndarray) -> dict[str, floa
         gt = np.concatenate([exported_gt[index] * (flags[:, None] > 0), flags[:, None]], axis=1)
         x, y, w, h = (float(v) for v in dataset.boxes[index])
         annotations.append({
-            "id": index + 1, "image_id": int(dataset.image_ids[index]), "category_id": 1, "iscrowd": 0,
+            "id": index + 1, "image_id": int(dataset.image_ids[index]), "category_id": dataset.category_id,
+            "iscrowd": 0,
             "keypoints": gt.reshape(-1).tolist(), "num_keypoints": int((flags > 0).sum()),
             "area": float(dataset.areas[index]), "bbox": [x - 0.5, y - 0.5, w, h],
         })
-        prediction = np.concatenate([exported_pred[index], np.ones((dataset.num_keypoints, 1))], axis=1)
-        results.append({"image_id": int(dataset.image_ids[index]), "category_id": 1,
-                        "keypoints": prediction.reshape(-1).tolist(), "score": float(np.mean(scores[index]))})
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         ground_truth = COCO()
         ground_truth.dataset = {"images": images, "annotations": annotations,
-                                "categories": [{"id": 1, "name": "instance",
+                                "categories": [{"id": dataset.category_id, "name": "instance",
                                                 "keypoints": list(dataset.keypoint_names), "skeleton": []}]}
         ground_truth.createIndex()
-        evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), iouType="keypoints")
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(coco_results(dataset, keypoints, scores)),
+                              iouType="keypoints")
         evaluation.params.kpt_oks_sigmas = np.asarray(dataset.sigmas, dtype=np.float64)
         evaluation.params.useSegm = None
         evaluation.evaluate()
@@ -113,3 +134,21 @@ def evaluate_predictions(dataset, pred_image: np.ndarray, pred_input: np.ndarray
         metrics["pckh@0.1"] = pck(image_errors, dataset.visible, head_size, 0.1)
     metrics.update(oks_ap(dataset, pred_image, scores))
     return metrics
+
+
+def per_keypoint_metrics(dataset, pred_image: np.ndarray, pred_input: np.ndarray,
+                         target_input: np.ndarray) -> list[dict]:
+    """Per keypoint of ``dataset``, over the instances where it is labelled: how many, the mean error in
+    input and in image px, PCK@0.1 and the mean OKS term (``keypoint_similarity``). Arrays as in
+    ``evaluate_predictions``."""
+    visible = dataset.visible > 0
+    image_errors = keypoint_errors(pred_image, dataset.keypoints)
+    columns = {
+        "mean_error_input_px": _masked_mean(np.nan_to_num(keypoint_errors(pred_input, target_input)), visible, 0),
+        "mean_error_image_px": _masked_mean(np.nan_to_num(image_errors), visible, 0),
+        "pck@0.1": pck(image_errors, dataset.visible, dataset.boxes[:, 2:].max(axis=1), 0.1, axis=0),
+        "oks": _masked_mean(keypoint_similarity(image_errors, dataset.areas, dataset.sigmas), visible, 0),
+    }
+    return [{"keypoint": name, "labelled": int(visible[:, k].sum()),
+             **{key: float(values[k]) for key, values in columns.items()}}
+            for k, name in enumerate(dataset.keypoint_names)]

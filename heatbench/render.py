@@ -135,13 +135,10 @@ def render_checkpoint(checkpoint: Path, image_path: Path, resolutions: list[int]
     resolution. ``overrides`` change the representation's config (e.g. ``local_ensemble=False``); a given
     ``expected_representation`` must be the checkpoint's.
     """
-    from .train import TrainConfig, build_model  # the harness imports this module's siblings; keep it lazy
+    from .train import TrainConfig, build_model, load_checkpoint  # the harness imports this module's siblings
 
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        meta = state["meta"]
-    except (OSError, KeyError, RuntimeError) as error:
-        raise HeatbenchError(f"{checkpoint}: not a heatbench run checkpoint ({error.__class__.__name__})") from None
+    state = load_checkpoint(checkpoint)
+    meta = state["meta"]
     if expected_representation not in (None, meta["representation"]):
         raise HeatbenchError(f"--repr {expected_representation}: {checkpoint} holds a {meta['representation']!r} model")
     representation = build_representation(meta["representation"], tuple(meta["input_size"]), meta["num_keypoints"],

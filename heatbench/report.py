@@ -375,7 +375,7 @@ def _provenance(runs: list[RunDir]) -> str:
             "run": run.label,
             "data": data["name"],
             "train / val instances": f"{data['train_instances']} / {data['val_instances']}",
-            "split": f"{data['val_fraction']:.0%} val, seed {data['split_seed']}",
+            "split": data.get("split") or f"{data['val_fraction']:.0%} val, seed {data['split_seed']}",
             "backbone": f"ResNet-{train['backbone_depth']}, "
                         + (f"initialised from {train['pretrained']}" if train["pretrained"] else "from scratch"),
             "schedule": f"epochs {train['epochs']}{_steps(run.record)}, batch {train['batch_size']}, Adam lr "

@@ -19,16 +19,15 @@ from tqdm import tqdm
 from . import floor, results
 from .data import load_dataset
 from .errors import HeatbenchError
+from .exports import FOLDER as PREDICTION_FOLDER, prediction_files
 from .parsing import parse_resolutions, parse_shard, size_name
 from .report import made_by, write_report
 from .representation import Representation, build_representation
-from .train import (MEAN_POSE, TrainConfig, describe, init_distributed, mean_pose, resolve_device, run_one,
-                    steps_per_epoch, training_dtype)
+from .splits import SplitSpec, make_split
+from .train import (MEAN_POSE, MEAN_POSE_KEY, TrainConfig, describe, init_distributed, mean_pose, resolve_device,
+                    run_one, steps_per_epoch, training_dtype)
 
 log = logging.getLogger(__name__)
-
-SPLIT_SEED = 0
-VAL_FRACTION = 0.2
 
 # table key -> column title in table.md; table.csv keeps every key
 TABLE_COLUMNS = {
@@ -71,6 +70,7 @@ class RunSpec:
     resolutions: list[tuple[int, int]]
     data: str = "default"
     image_root: str | None = None
+    split: SplitSpec = field(default_factory=SplitSpec)
     seeds: int = 1
     first_seed: int = 0
     device: str = "auto"
@@ -84,6 +84,13 @@ class RunSpec:
 
     def run_name(self) -> str:
         return self.name or f"{'-'.join(self.representations)}_{'-'.join(map(size_name, self.resolutions))}"
+
+
+def representation_columns(name: str, representation: Representation, floor_px: float) -> dict:
+    """A row's first columns: the representation, its input and output sizes, OR/IR and its floor error."""
+    (height, width), (out_h, out_w) = representation.input_size, representation.output_size()
+    return {"representation": name, "input": size_name((height, width)), "output": f"{out_h}x{out_w}",
+            "or_ir": out_w / width, "floor_px": floor_px}
 
 
 def _aggregate(rows: list[dict]) -> dict:
@@ -134,15 +141,41 @@ def curve_rows(seed_rows: list[dict]) -> list[dict]:
             for row in seed_rows for point in row.get("curve", [])]
 
 
-def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[str, np.ndarray]) -> str:
+def per_keypoint_rows(rows: list[dict]) -> list[dict]:
+    """per_keypoint.csv: per representation, input and keypoint, the ``per_keypoint`` metrics of ``rows``
+    (per-seed and mean-pose rows) averaged over seeds, in first-seen order; rows from before that
+    measurement have none."""
+    entries = [{"representation": row["representation"], "input": row["input"], **entry}
+               for row in rows for entry in row.get("per_keypoint", [])]
+    if not entries:
+        return []
+    frame = pd.DataFrame(entries).groupby(["representation", "input", "keypoint"], sort=False).mean()
+    return frame.reset_index().to_dict("records")
+
+
+def without_per_keypoint(rows: list[dict]) -> list[dict]:
+    """Table rows without their per-keypoint lists, which per_keypoint.csv holds averaged over seeds."""
+    return [{key: value for key, value in row.items() if key != "per_keypoint"} for row in rows]
+
+
+def write_files(directory: Path, files: dict[str, str]) -> None:
+    """Write ``files`` (path relative to ``directory`` -> text), making their folders."""
+    for relative, text in files.items():
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        (directory / relative).write_text(text)
+
+
+def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[str, np.ndarray],
+              files: dict[str, str]) -> str:
     """Write a complete run directory atomically (results.json, predictions.npz, table.md, table.csv,
-    curves.csv), then its report (report.md and figures).
+    per_keypoint.csv, curves.csv and ``files``, the prediction files), then its report (report.md and figures).
 
     ``record`` holds everything but the rows (its ``baselines`` are the mean-pose rows); ``arrays`` the
     validation targets and every prediction. Shared by ``run`` and ``merge``. Returns the Markdown table.
     """
-    rows = with_baselines(table_rows(seed_rows), record.get("baselines", []))
-    record = {**record, "rows": rows, "seed_rows": seed_rows}
+    rows = without_per_keypoint(with_baselines(table_rows(seed_rows), record.get("baselines", [])))
+    per_keypoint = per_keypoint_rows(record.get("baselines", []) + seed_rows)
+    record = {**record, "rows": rows, "seed_rows": seed_rows, "per_keypoint": per_keypoint}
     seeds = sorted({row["seed"] for row in seed_rows})
     preface = (f"# {record['run']}\n\n{made_by(record)} Data: {record['data']['name']}, "
                f"{record['data']['train_instances']} train / "
@@ -152,7 +185,9 @@ def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[st
         results.write_json(staging / "results.json", record)
         np.savez_compressed(staging / "predictions.npz", **arrays)
         markdown = results.write_table(staging, rows, table_columns(rows), preface=preface)
+        pd.DataFrame(per_keypoint).to_csv(staging / "per_keypoint.csv", index=False)
         pd.DataFrame(curve_rows(seed_rows)).to_csv(staging / "curves.csv", index=False)
+        write_files(staging, files)
     write_report([target], target)
     return markdown
 
@@ -162,7 +197,8 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
     device, context = init_distributed(resolve_device(spec.device))
     shard_index, shard_count = parse_shard(shard)
     dataset = load_dataset(spec.data, spec.image_root)
-    train_set, val_set = dataset.split(VAL_FRACTION, seed=SPLIT_SEED)
+    split = make_split(dataset, spec.split)
+    train_set, val_set = split.train, split.val
     representations: dict[tuple[str, tuple[int, int]], Representation] = {}
     for size in spec.resolutions:
         for name in spec.representations:
@@ -174,14 +210,16 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
 
     run_name = spec.run_name() + (f".shard-{shard_index}-of-{shard_count}" if shard_count > 1 else "")
     seed_rows: list[dict] = []
+    files: dict[str, str] = {}
     arrays = {"image_ids": val_set.image_ids, "visible": val_set.visible, "target_image": val_set.keypoints}
-    baselines = []
+    baselines, means = [], {}
     for size in dict.fromkeys(size for (_, size), _ in jobs):
         baseline = mean_pose(train_set, val_set, size)
         if baseline is None:
             log.warning("no mean-pose baseline at %s: a keypoint is never labelled in the training crops",
                         size_name(size))
             continue
+        means[size] = baseline.pop("mean_input")
         for array_name, array in baseline.pop("predictions").items():
             arrays[f"{MEAN_POSE}_{size_name(size)}/{array_name}"] = array
         baselines.append({"representation": MEAN_POSE, "input": size_name(size), "baseline": True, "seeds": [],
@@ -196,24 +234,30 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
             floors[name, size] = floor.floor_error(representation)
         log.info("training %s at %s, seed %d", name, size_name(size), seed)
         checkpoint = spec.checkpoint_dir / spec.run_name() / f"{name}_{size_name(size)}_seed{seed}.pt"
+        mean = {MEAN_POSE_KEY: means[size].tolist()} if size in means else None
         row = run_one(representation, train_set, val_set, spec.train, device, seed, checkpoint,
-                      spec.resume, spec.progress, context, bar)
+                      spec.resume, spec.progress, context, bar, meta=mean)
         if row is None:  # not rank 0
             continue
-        for array_name, array in row.pop("predictions").items():
-            arrays[f"{name}_{size_name(size)}_seed{seed}/{array_name}"] = array
-        out_h, out_w = representation.output_size()
-        seed_rows.append({"representation": name, "input": size_name(size), "output": f"{out_h}x{out_w}",
-                          "or_ir": out_w / size[1], "floor_px": floors[name, size], **row})
+        label = f"{name}_{size_name(size)}_seed{seed}"
+        predictions = row.pop("predictions")
+        files.update(prediction_files(val_set, predictions, label))
+        for array_name, array in predictions.items():
+            arrays[f"{label}/{array_name}"] = array
+        seed_rows.append({**representation_columns(name, representation, floors[name, size]), **row})
     bar.close()
     if not context.is_main:
         return None
     record = {
         "run": run_name,
         "data": {"name": dataset.name, "source": str(dataset.source), "keypoint_names": dataset.keypoint_names,
-                 "train_instances": len(train_set), "val_instances": len(val_set), "split_seed": SPLIT_SEED,
-                 "val_fraction": VAL_FRACTION, "oks_sigmas": dataset.sigma_note,
+                 "train_instances": len(train_set), "val_instances": len(val_set),
+                 "split_seed": split.record.get("seed"), "val_fraction": split.record.get("val_fraction"),
+                 "split": split.description,
+                 **({"val_source": split.record["val_source"]} if "val_source" in split.record else {}),
+                 "image_root": str(dataset.image_folder), "oks_sigmas": dataset.sigma_note,
                  "flip_test": bool(spec.train.flip_test and dataset.flip_pairs)},
+        "split": split.record,
         "train": describe(spec.train),
         "training_dtype": str(training_dtype(spec.train.precision, device)).removeprefix("torch."),
         "baselines": baselines,
@@ -225,15 +269,18 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
                             for (name, size), rep in representations.items()},
         **results.provenance(device),
     }
-    print(write_run(spec.out / run_name, record, seed_rows, arrays))
+    print(write_run(spec.out / run_name, record, seed_rows, arrays, files))
     return spec.out / run_name
 
 
 def _data_identity(data: dict) -> dict:
     """What makes two runs' evaluations comparable: the annotation file by name (not by absolute path, which
     differs between the checkouts or machines that ran the shards of one sweep), its keypoints and the split."""
-    return {"file": Path(data["source"]).name, **{key: data[key] for key in (
+    identity = {"file": Path(data["source"]).name, **{key: data[key] for key in (
         "name", "keypoint_names", "train_instances", "val_instances", "split_seed", "val_fraction", "flip_test")}}
+    if "val_source" in data:  # only runs validated on a second file have one; older runs match as before
+        identity["val_file"] = Path(data["val_source"]).name
+    return identity
 
 
 def _schedule(train: dict) -> dict:
@@ -281,9 +328,12 @@ def merge(directories: list[Path], target: Path) -> str:
         raise HeatbenchError("merge: the same representation, input and seed appears in more than one directory")
     seed_rows.sort(key=lambda row: (*parse_resolutions(row["input"]), names.index(row["representation"]), row["seed"]))
     arrays: dict[str, np.ndarray] = {}
+    files: dict[str, str] = {}
     for directory in directories:
         with np.load(directory / "predictions.npz") as stored:
             arrays.update({name: stored[name] for name in stored.files})
+        files.update({f"{PREDICTION_FOLDER}/{path.name}": path.read_text()
+                      for path in sorted((directory / PREDICTION_FOLDER).glob("*"))})
     sources = [source for record in records for source in _sources(record)]
     record = {key: value for key, value in records[0].items() if key not in ("rows", "seed_rows")}
     baselines: dict[str, dict] = {}  # per input, the union of the runs' baseline fields (older runs lack some)
@@ -294,4 +344,4 @@ def merge(directories: list[Path], target: Path) -> str:
                   command=" ".join(["python -m heatbench merge", *map(str, directories), "--out", str(target)]),
                   git_commit=", ".join(dict.fromkeys(source["git_commit"] for source in sources)),
                   device=", ".join(dict.fromkeys(source["device"] for source in sources)))
-    return write_run(target, record, seed_rows, arrays)
+    return write_run(target, record, seed_rows, arrays, files)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
 import random
 import time
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from . import cost
 from .data import AugmentConfig, KeypointDataset, TopDownDataset, invert_affine
 from .errors import HeatbenchError
-from .metrics import decoding_agreement, evaluate_predictions, mean_error
+from .metrics import decoding_agreement, evaluate_predictions, mean_error, per_keypoint_metrics
 from .models.pose_model import PoseModel
 from .models.resnet import build_backbone
 from .representation import Representation, map_tensors
@@ -177,11 +178,32 @@ def _loader(dataset, config: TrainConfig, device: torch.device, **batching) -> D
                       persistent_workers=config.num_workers > 0, **batching)
 
 
-def checkpoint_meta(representation: Representation, config: TrainConfig) -> dict:
-    """What a checkpoint needs to rebuild its model without the run that made it."""
+def checkpoint_meta(representation: Representation, config: TrainConfig, keypoint_names: list[str]) -> dict:
+    """What a checkpoint needs to rebuild and score its model without the run that made it: the
+    representation's name, resolved config and input size, the keypoint names it was trained on, and the
+    training settings (evaluation reuses their batch size and backbone)."""
     return {"representation": representation.name, "input_size": representation.input_size,
-            "num_keypoints": representation.num_keypoints, "config": representation.resolved_config(),
-            "backbone_depth": config.backbone_depth}
+            "num_keypoints": representation.num_keypoints, "keypoint_names": list(keypoint_names),
+            "config": representation.resolved_config(), "backbone_depth": config.backbone_depth,
+            "train": describe(config)}
+
+
+REBUILD_KEYS = ("representation", "input_size", "num_keypoints", "config", "backbone_depth")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by ``run`` (model state, ``meta`` and the training state); anything else, or a
+    file that cannot be read, is a one-line error naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise HeatbenchError(f"{path}: no such file") from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, AttributeError, ImportError) as error:
+        raise HeatbenchError(f"{path}: not a heatbench run checkpoint ({error.__class__.__name__})") from None
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if not (isinstance(meta, dict) and all(key in meta for key in REBUILD_KEYS) and "model" in state):
+        raise HeatbenchError(f"{path}: not a heatbench run checkpoint (no model state with its 'meta' record)")
+    return state
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -194,7 +216,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 def train(representation: Representation, model: PoseModel, train_set: KeypointDataset, config: TrainConfig,
           device: torch.device, seed: int, checkpoint: Path | None = None, resume: bool = False,
           progress: bool = True, context: Distributed = Distributed(),
-          validate: Callable[[], dict] | None = None, bar: tqdm | None = None
+          validate: Callable[[], dict] | None = None, bar: tqdm | None = None, meta: dict | None = None
           ) -> tuple[float, list[float], list[dict]]:
     """Train in place; returns the training wall time in seconds (validation excluded), each epoch's mean loss
     and the learning curve, all over every epoch, those done before a ``resume`` included (the checkpoint
@@ -202,7 +224,8 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
 
     ``validate`` (called on every process, in eval mode, every ``config.eval_every`` epochs and after the last
     one) returns the metrics of one point of the curve; each point also holds its epoch, optimizer step and
-    the epoch's training loss. ``bar`` is the job-wide progress bar, advanced once per optimizer step."""
+    the epoch's training loss. ``bar`` is the job-wide progress bar, advanced once per optimizer step; ``meta``
+    is added to each checkpoint's ``meta`` record."""
     data = TopDownDataset(train_set, representation.input_size, train=True, augment=AugmentConfig(), seed=seed)
     if len(data) == 0:
         raise HeatbenchError(f"{train_set.source}: the training split is empty")
@@ -285,7 +308,9 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
                                           "train_seconds": earlier_seconds + time.perf_counter() - started
                                           - validation_seconds,
                                           "epoch_losses": earlier_losses + [float(loss) for loss in epoch_losses],
-                                          "curve": curve, "meta": checkpoint_meta(representation, config)})
+                                          "curve": curve,
+                                          "meta": {**checkpoint_meta(representation, config,
+                                                                     train_set.keypoint_names), **(meta or {})}})
     if own_bar:
         bar.close()
     seconds = earlier_seconds + time.perf_counter() - started - validation_seconds
@@ -342,17 +367,20 @@ def steps_per_epoch(train_instances: int, config: TrainConfig) -> int:
     return -(-train_instances // config.batch_size)
 
 
-def score_predictions(dataset: KeypointDataset, predictions: dict[str, np.ndarray]) -> dict[str, float]:
-    """Every metric of ``evaluate_predictions`` for the arrays ``predict`` returns."""
-    return evaluate_predictions(dataset, predictions["pred_image"], predictions["pred_input"],
-                                predictions["target_input"], predictions["scores"])
+def score_predictions(dataset: KeypointDataset, predictions: dict[str, np.ndarray]) -> dict:
+    """Every metric of ``evaluate_predictions`` for the arrays ``predict`` returns, and under ``per_keypoint``
+    those of ``per_keypoint_metrics``."""
+    arrays = (predictions["pred_image"], predictions["pred_input"], predictions["target_input"])
+    return {**evaluate_predictions(dataset, *arrays, predictions["scores"]),
+            "per_keypoint": per_keypoint_metrics(dataset, *arrays)}
 
 
 def run_one(representation: Representation, train_set: KeypointDataset, val_set: KeypointDataset,
             config: TrainConfig, device: torch.device, seed: int, checkpoint: Path | None = None,
             resume: bool = False, progress: bool = True, context: Distributed = Distributed(),
-            bar: tqdm | None = None) -> dict | None:
-    """Train and evaluate one representation x resolution x seed; rank 0 returns its row (metrics, costs)."""
+            bar: tqdm | None = None, meta: dict | None = None) -> dict | None:
+    """Train and evaluate one representation x resolution x seed; rank 0 returns its row (metrics, costs).
+    ``meta`` goes into the checkpoints (see ``train``)."""
     seed_everything(seed)
     model = build_model(representation, config)
     last: dict = {}
@@ -365,62 +393,80 @@ def run_one(representation: Representation, train_set: KeypointDataset, val_set:
         return {key: last["metrics"][key] for key in CURVE_METRICS}
 
     train_seconds, epoch_losses, curve = train(representation, model, train_set, config, device, seed, checkpoint,
-                                               resume, progress, context, validate, bar)
+                                               resume, progress, context, validate, bar, meta)
     if "predictions" not in last:  # resumed after the last epoch: nothing was validated in this process
         validate()
     # the unaugmented training frames: whether the model fits what it was trained on, beside what it generalises
     fit = predict(representation, model, train_set, config, device, False, context)
     if not context.is_main:
         return None
-    predictions, metrics = last["predictions"], last["metrics"]
-    inference = cost.measure_inference(representation, model, representation.input_size, device, batch=1)
     return {
-        **_variant_row(representation, model, predictions, val_set.visible, device),
         "seed": seed,
         "train_seconds": train_seconds,
         "train_steps": config.epochs * steps_per_epoch(len(train_set), config),
         "epoch_losses": epoch_losses,
         "curve": curve,
         "processes": context.world_size,
+        **evaluation_row(representation, model, last["predictions"], last["metrics"], val_set.visible, device),
+        "train_mean_error_input_px": mean_error(fit["pred_input"], fit["target_input"], train_set.visible),
+    }
+
+
+def evaluation_row(representation: Representation, model: PoseModel, predictions: dict[str, np.ndarray],
+                   metrics: dict, visible: np.ndarray, device: torch.device) -> dict:
+    """What a scored model's row holds, in ``run``'s table and ``evaluate``'s alike: the decoding variants,
+    parameter counts, batch-1 inference cost, the metrics of ``predictions`` and the predictions."""
+    inference = cost.measure_inference(representation, model, representation.input_size, device, batch=1)
+    return {
+        **_variant_row(representation, model, predictions, visible, device),
         **cost.parameter_counts(model),
         "inference_gflops": inference["gflops_per_image"],
         "inference_ms": inference["latency_ms_per_image"],
         "inference_ms_spread": inference["latency_spread_ms_per_image"],
         "inference_peak_memory_bytes": inference["peak_memory_bytes"],
         **metrics,
-        "train_mean_error_input_px": mean_error(fit["pred_input"], fit["target_input"], train_set.visible),
         "predictions": predictions,
     }
 
 
 MEAN_POSE = "mean pose"
+MEAN_POSE_KEY = "mean_pose_input"  # the checkpoint meta's (K, 2) training mean pose in input px
 
 
 def mean_pose(train_set: KeypointDataset, val_set: KeypointDataset, input_size: tuple[int, int]) -> dict | None:
     """The baseline that looks at no image: every validation instance predicted at the training set's mean
     position of each keypoint in the (unaugmented) crop, with score 1. What a row that learned nothing
-    scores; its metrics have the keys of a trained row's. None when a keypoint is never labelled in the
-    training crops (no mean exists)."""
-    def crops(dataset: KeypointDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        data = TopDownDataset(dataset, input_size, train=False)
-        affines, keypoints, visible = zip(*(data.geometry(index) for index in range(len(data))))
-        return np.stack(affines), np.stack(keypoints), np.stack(visible)
-
-    _, train_keypoints, train_visible = crops(train_set)
+    scores; its metrics have the keys of a trained row's, and ``mean_input`` is the (K, 2) mean in input px
+    (checkpoints carry it, so that ``evaluate`` has the same bar). None when a keypoint is never labelled in
+    the training crops (no mean exists)."""
+    _, train_keypoints, train_visible = _crops(train_set, input_size)
     counts = train_visible.sum(axis=0)  # (K,)
     if not counts.all():
         return None
     mean = (train_keypoints * train_visible[..., None]).sum(axis=0) / counts[:, None]  # (K, 2) input px
     train_error = mean_error(np.broadcast_to(mean, train_keypoints.shape), train_keypoints, train_visible)
-    affines, target_input, _ = crops(val_set)
+    return {**mean_pose_scores(mean, val_set, input_size), "train_mean_error_input_px": train_error,
+            "mean_input": mean}
+
+
+def _crops(dataset: KeypointDataset, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(affines, keypoints, visible) of every instance's unaugmented crop."""
+    data = TopDownDataset(dataset, input_size, train=False)
+    affines, keypoints, visible = zip(*(data.geometry(index) for index in range(len(data))))
+    return np.stack(affines), np.stack(keypoints), np.stack(visible)
+
+
+def mean_pose_scores(mean: np.ndarray, dataset: KeypointDataset, input_size: tuple[int, int]) -> dict:
+    """The metrics, and under ``predictions`` the arrays, of predicting the (K, 2) input-px ``mean`` for
+    every instance of ``dataset``."""
+    affines, target_input, _ = _crops(dataset, input_size)
     pred_input = np.broadcast_to(mean, target_input.shape)
     input_to_image = invert_affine(affines)
     predictions = {"pred_input": pred_input, "target_input": target_input,
                    "scores": np.ones(target_input.shape[:2]),
                    "pred_image": np.einsum("nij,nkj->nki", input_to_image[:, :, :2], pred_input)
                    + input_to_image[:, None, :, 2]}
-    return {**score_predictions(val_set, predictions), "train_mean_error_input_px": train_error,
-            "predictions": predictions}
+    return {**score_predictions(dataset, predictions), "predictions": predictions}
 
 
 def _variant_row(representation: Representation, model: PoseModel, predictions: dict[str, np.ndarray],

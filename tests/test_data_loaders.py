@@ -5,12 +5,15 @@ import hashlib
 import json
 from pathlib import Path
 
+import shutil
+
 import numpy as np
 import pytest
 
 from heatbench.data import KeypointDataset, load_coco_json, load_dataset, load_default, load_dlc_csv, load_mpii_json
 from heatbench.data.dataset import box_from_keypoints
 from heatbench.errors import DataError, HeatbenchError
+from tests.layouts import DLC_BAD_INPUTS, SECOND_MOUSE_FRAMES, SECOND_MOUSE_SHIFT, coco_set, dlc_bad_inputs, dlc_project
 
 DATA = Path(__file__).parent / "data"
 SAMPLES = DATA / "mmpose_samples"
@@ -147,6 +150,68 @@ def test_load_dataset_picks_the_loader_from_the_file():
         load_dataset("default", image_root=SAMPLES)
 
 
+def test_dlc_project_reads_every_video_with_names_from_its_config(tmp_path):
+    config = dlc_project(tmp_path)
+    data = load_dataset(config)
+    mouse = load_dlc_csv(MOUSE_MINI)
+    assert data.name == "mini" and data.keypoint_names == mouse.keypoint_names and data.image_root == tmp_path
+    assert len(data) == 4 + 4 + SECOND_MOUSE_FRAMES and len(np.unique(data.image_ids)) == 8
+    assert data.image_names()[0] == "labeled-data/video1/img01.png"  # the .h5's three-level index
+    assert data.image_names()[4:6] == ["labeled-data/video2/img05.png"] * 2  # two mice in one frame
+    assert data.individuals == ["animal"] * 4 + ["m1", "m2", "m1", "m2", "m1", "m1"]
+    np.testing.assert_array_equal(data.keypoints[[0, 1, 2, 3, 4, 6, 8, 9]], mouse.keypoints)
+    np.testing.assert_allclose(data.keypoints[5], mouse.keypoints[4] + SECOND_MOUSE_SHIFT)
+    np.testing.assert_allclose(data.boxes[5, :2], data.boxes[4, :2] + SECOND_MOUSE_SHIFT)  # each from its own keypoints
+
+
+def test_one_dlc_table_inside_labeled_data_reads_its_paths_from_the_project_folder(tmp_path):
+    dlc_project(tmp_path)
+    multi = load_dataset(tmp_path / "labeled-data" / "video2" / "CollectedData_rick.csv")
+    assert multi.name == "video2" and len(multi) == 6 and multi.image_root == tmp_path
+    assert multi.image_paths[0] == tmp_path / "labeled-data" / "video2" / "img05.png"
+    single = load_dataset(tmp_path / "labeled-data" / "video1" / "CollectedData_rick.h5")
+    assert single.individuals is None and single.image_root == tmp_path
+    np.testing.assert_array_equal(single.keypoints, load_dlc_csv(MOUSE_MINI).keypoints[:4])
+
+
+def test_project_reads_the_csv_only_where_a_folder_has_no_h5(tmp_path):
+    config = dlc_project(tmp_path)
+    video1 = tmp_path / "labeled-data" / "video1"
+    lines = MOUSE_MINI.read_text().splitlines()  # a CSV the loader must not read: its frames are elsewhere
+    (video1 / "CollectedData_rick.csv").write_text("\n".join(lines[:4]).replace("labeled-data/", "elsewhere/"))
+    assert len(load_dataset(config)) == 10
+
+
+def test_coco_images_are_found_in_images_beside_annotations_and_the_folder_is_logged(tmp_path, caplog):
+    path = coco_set(tmp_path)
+    with caplog.at_level("INFO"):
+        data = load_dataset(path)
+    assert data.image_root == tmp_path / "images" and data.image_paths[0] == tmp_path / "images" / "000000000785.jpg"
+    assert f"images from {tmp_path / 'images'}" in caplog.text
+    assert load_dataset(path, image_root=tmp_path / "images").image_paths == data.image_paths
+
+
+def test_coco_images_found_nowhere_is_an_error_listing_every_folder_tried(tmp_path):
+    path = coco_set(tmp_path)
+    shutil.rmtree(tmp_path / "images")
+    with pytest.raises(DataError) as error:
+        load_dataset(path)
+    message = str(error.value)
+    for folder in (tmp_path / "annotations", tmp_path, tmp_path / "images", tmp_path / "mini",
+                   tmp_path / "images" / "mini"):
+        assert str(folder) in message
+    assert "\n" not in message and "--image-root" in message
+
+
+@pytest.mark.parametrize("case", DLC_BAD_INPUTS)
+def test_bad_dlc_input_raises_a_one_line_data_error_naming_the_file(tmp_path, case):
+    path, file_name, text = dlc_bad_inputs(tmp_path)[case]
+    with pytest.raises(DataError) as error:
+        load_dataset(path)
+    message = str(error.value)
+    assert "\n" not in message and file_name in message and text in message
+
+
 def _copy_coco(tmp_path: Path, name: str, edit=None) -> Path:
     data = json.loads((SAMPLES / "coco" / "test_coco.json").read_text())
     if edit is not None:
@@ -178,17 +243,19 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple]:
         "missing csv": (lambda: load_dlc_csv(tmp_path / "nope.csv"), "nope.csv", "no such file"),
         "missing json": (lambda: load_dataset(tmp_path / "nope.json"), "nope.json", "no such file"),
         "csv without header rows": (lambda: load_dlc_csv(no_header), "no_header.csv", "row 1 starts with 'bodyparts'"),
-        "multi-animal csv": (lambda: load_dlc_csv(multi_animal), "multi_animal.csv", "multi-animal"),
+        "multi-animal csv with a short individuals row": (lambda: load_dlc_csv(multi_animal), "multi_animal.csv",
+                                                          "row 3 (bodyparts)"),
         "csv cell not a number": (lambda: load_dlc_csv(not_a_number, MOUSE_MINI.parent), "not_a_number.csv", "row 5"),
         "malformed json": (lambda: load_dataset(truncated), "truncated.json", "malformed JSON"),
         "detections are not annotations": (lambda: load_dataset(detections), detections.name, "not a COCO keypoints"),
         "short keypoint list": (lambda: load_coco_json(short, SAMPLES / "coco"), "short.json", "annotation id 442619"),
         "mpii record without scale": (lambda: load_mpii_json(no_scale, SAMPLES / "mpii"), "mpii.json", "record 1"),
-        "missing image": (lambda: load_coco_json(missing_image), "elsewhere.json", "000000000785.jpg not found"),
+        "missing image": (lambda: load_coco_json(missing_image), "elsewhere.json", "are not all under any of"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing csv", "missing json", "csv without header rows", "multi-animal csv",
+@pytest.mark.parametrize("case", ["missing csv", "missing json", "csv without header rows",
+                                  "multi-animal csv with a short individuals row",
                                   "csv cell not a number", "malformed json", "detections are not annotations",
                                   "short keypoint list", "mpii record without scale", "missing image"])
 def test_bad_input_raises_a_one_line_data_error_naming_the_file(tmp_path, case):

@@ -74,6 +74,10 @@ def test_merged_shards_equal_the_unsharded_sweep(tmp_path, mouse_mini):
     whole, merged = (pd.read_csv(tmp_path / d / "table.csv") for d in ("whole", "merged"))
     accuracy = ["mean_error_input_px", "mean_error_input_px_std", "pck@0.1", "AP"]
     pd.testing.assert_frame_equal(whole[accuracy], merged[accuracy])  # same seeds on the same CPU: identical
+    per_keypoint = [pd.read_csv(tmp_path / d / "per_keypoint.csv") for d in ("whole", "merged")]
+    pd.testing.assert_frame_equal(*per_keypoint)
+    predictions = [sorted(p.name for p in (tmp_path / d / "predictions").iterdir()) for d in ("whole", "merged")]
+    assert predictions[0] == predictions[1] and len(predictions[0]) == 2 * 2  # per seed: COCO JSON, DeepLabCut CSV
     made_by = (tmp_path / "merged" / "table.md").read_text().split("\n\n")[1]
     assert made_by.startswith("Merged by `python -m heatbench merge")
     assert "from 2 runs" in made_by

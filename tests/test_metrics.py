@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from heatbench.data import KeypointDataset
-from heatbench.metrics import decoding_agreement, evaluate_predictions, oks_ap, pck
+from heatbench.metrics import decoding_agreement, evaluate_predictions, oks_ap, pck, per_keypoint_metrics
 
 
 def _dataset(n=6, k=4, with_heads=False) -> KeypointDataset:
@@ -54,3 +54,26 @@ def test_decodings_agree_when_within_one_grid_step_on_each_axis():
     other = np.array([[[0.25, -0.5], [0.25, 0.75], [0.5, 0.0], [9.0, 9.0]]])  # steps: x 0.25, y 0.5
     visible = np.array([[1, 1, 1, 0]])  # the fourth, far off, is unlabelled and does not count
     assert decoding_agreement(other, main, (0.25, 0.5), visible) == pytest.approx(1 / 3)
+
+
+def test_per_keypoint_metrics_weighted_by_labelled_count_give_the_overall_ones():
+    data = _dataset(n=8)
+    rng = np.random.default_rng(1)
+    predicted = np.nan_to_num(data.keypoints) + rng.normal(0, 4, size=data.keypoints.shape)
+    overall = evaluate_predictions(data, predicted, predicted, data.keypoints, np.ones(data.visible.shape))
+    entries = per_keypoint_metrics(data, predicted, predicted, data.keypoints)
+    assert [entry["keypoint"] for entry in entries] == data.keypoint_names
+    assert [entry["labelled"] for entry in entries] == [7, 8, 8, 8]  # keypoint 0 of instance 0 is unlabelled
+    weights = np.array([entry["labelled"] for entry in entries])
+    for key in ("mean_error_image_px", "mean_error_input_px", "pck@0.1"):
+        values = np.array([entry[key] for entry in entries])
+        assert (weights * values).sum() / weights.sum() == pytest.approx(overall[key]), key
+
+
+def test_per_keypoint_oks_is_cocoevals_term_for_that_keypoint():
+    data = _dataset(n=1, k=2)
+    shifted = np.nan_to_num(data.keypoints) + np.array([3.0, 4.0])  # 5 px off
+    _, second = per_keypoint_metrics(data, shifted, shifted, data.keypoints)
+    assert second["oks"] == pytest.approx(np.exp(-25 / (2 * 6400 * (2 * 0.05) ** 2)))
+    perfect = per_keypoint_metrics(data, np.nan_to_num(data.keypoints), data.keypoints, data.keypoints)
+    assert perfect[1]["oks"] == pytest.approx(1.0) and np.isnan(perfect[0]["oks"])  # never labelled: no mean

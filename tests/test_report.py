@@ -13,7 +13,8 @@ from heatbench.errors import HeatbenchError
 from heatbench.report import FIGURES, REPORT, Entry, _comparisons, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RUN_FILES = ("results.json", "predictions.npz", "table.md", "table.csv", "curves.csv")
+RUN_FILES = ("results.json", "predictions.npz", "table.md", "table.csv", "per_keypoint.csv", "curves.csv")
+PREDICTION_FOLDER = "predictions"  # the COCO results JSON and DeepLabCut CSV of every trained model
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,8 @@ def test_report_into_the_run_directory_adds_files_and_keeps_the_run(run_dir, tmp
     before = {name: (run / name).read_bytes() for name in RUN_FILES}
     write_report([run], run)
     assert {name: (run / name).read_bytes() for name in RUN_FILES} == before
-    assert sorted(p.name for p in run.iterdir()) == sorted({*RUN_FILES, REPORT, *FIGURES})  # no staging left
+    expected = {*RUN_FILES, PREDICTION_FOLDER, REPORT, *FIGURES}
+    assert sorted(p.name for p in run.iterdir()) == sorted(expected)  # no staging left
 
 
 def test_same_representation_in_two_runs_is_kept_twice_labelled_by_run(run_dir, tmp_path):
@@ -145,11 +147,11 @@ def test_a_failed_report_leaves_no_files(run_dir, tmp_path, monkeypatch):
         write_report([run_dir], tmp_path / "fresh")
     assert list(tmp_path.iterdir()) == []
     run = shutil.copytree(run_dir, tmp_path / "tiny")
-    before = {p.name: p.read_bytes() for p in run.iterdir()}  # the run may already hold a report of its own
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}  # it may already hold a report of its own
     calls.clear()
     with pytest.raises(OSError, match="disk full"):
         write_report([run], run)
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_rows_over_a_third_of_the_mean_pose_error_are_named_in_a_warning_above_the_table(run_dir, tmp_path):

@@ -15,6 +15,9 @@ COCO, meaningless for 14 points) are not used; OCHuman's file has no ``licenses`
 falls back to :func:`heatbench.data.dataset.box_from_keypoints` (ours; HRNet instead drops such
 instances). Boxes are not clipped to the image (ours; HRNet clips them).
 
+Without an image root, the images are looked for where the common layouts keep them (:func:`image_folders`:
+the file's folder, its parent, ``images/`` beside ``annotations/``); the folder used is logged.
+
 Sigmas are chosen by the keypoint names: COCO's 17 (also used for OCHuman), CrowdPose's 14 or AIC's 14,
 values from MMPose's dataset metadata; any other keypoint set gets 0.05 each (ours). Flip pairs come from
 ``left_X``/``right_X`` names.
@@ -29,8 +32,8 @@ import numpy as np
 
 from ..coords import pixel_centre_to_canonical
 from ..errors import DataError
-from .dataset import (DEFAULT_SIGMA, KeypointDataset, box_from_keypoints, flip_pairs_from_names, read_json,
-                      resolve_images)
+from .dataset import (DEFAULT_SIGMA, KeypointDataset, box_from_keypoints, flip_pairs_from_names, locate_images,
+                      read_json, resolve_images)
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +137,32 @@ def parse_coco(data: Any, source: Path, image_root: str | Path | None = None) ->
                    f"{DEFAULT_SIGMA:g} for every keypoint (ours: unknown keypoint set, no OKS sigmas)")
     sigmas, sigma_note = KNOWN_SIGMAS.get(tuple(names), unknown_set)
     kept_ids = [image_ids[i] for i in keep]
-    image_paths = resolve_images(source, [file_names[i] for i in kept_ids], image_root)
+    kept_names = [file_names[i] for i in kept_ids]
+    if image_root is None:
+        image_root, image_paths = locate_images(source, kept_names, image_folders(source))
+    else:
+        image_paths = resolve_images(source, kept_names, image_root)
     return KeypointDataset(
         name=source.stem, source=source, image_paths=image_paths,
         image_ids=np.asarray(kept_ids, dtype=np.int64), keypoints=keypoints, visible=visible, boxes=boxes, areas=areas,
-        keypoint_names=names, flip_pairs=flip_pairs_from_names(names), sigmas=sigmas, sigma_note=sigma_note)
+        keypoint_names=names, flip_pairs=flip_pairs_from_names(names), sigmas=sigmas, sigma_note=sigma_note,
+        image_root=image_root, file_format="coco", category_id=int(category.get("id", 1)))
+
+
+def image_folders(source: Path) -> list[Path]:
+    """Where the common layouts keep a COCO-style file's images, in the order they are tried: the file's
+    folder, its parent, ``images/`` beside ``annotations/``, and each of the last two's subfolder named by the
+    file's split (COCO's ``annotations/person_keypoints_val2017.json`` with ``val2017/`` or ``images/val2017/``)."""
+    folder = Path(source).absolute().parent
+    split = Path(source).stem.split("_")[-1]
+    return [folder, folder.parent, folder.parent / "images", folder.parent / split, folder.parent / "images" / split]
 
 
 def load_coco_json(path: str | Path, image_root: str | Path | None = None) -> KeypointDataset:
     """A COCO-style keypoint JSON file as a :class:`KeypointDataset` named after the file.
 
-    ``image_root`` (default: the JSON's folder) is where the images' ``file_name`` paths start.
+    ``image_root`` is where the images' ``file_name`` paths start; without it, the first of
+    :func:`image_folders` that holds every image.
     """
     path = Path(path)
     return parse_coco(read_json(path), path, image_root)

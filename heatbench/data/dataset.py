@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, HeatbenchError
 
+log = logging.getLogger(__name__)
 BOX_MARGIN = 0.05  # of the larger side of a keypoint box, added on every side (ours)
 DEFAULT_SIGMA = 0.05  # OKS sigma for data sets that define none (ours)
 
@@ -40,6 +42,9 @@ class KeypointDataset:
     1 labelled / 0 not. ``boxes`` (N, 4) canonical (x, y, w, h); ``areas`` (N,) px^2 for OKS; ``head_boxes``
     (N, 4) canonical (x, y, w, h) or None. ``image_ids`` (N,) int64, shared by instances of one image.
     ``flip_pairs`` None means mirroring is undefined for this data (no flip augmentation, no flip test).
+    ``image_root`` is the folder the file's image names start from; ``file_format`` the loader's ("dlc",
+    "coco", "mpii"), which says the prediction files a run writes; ``category_id`` the COCO category;
+    ``individuals`` (N,) each instance's animal in a multi-animal DeepLabCut table, else None.
     Construction normalises visibility: a non-finite coordinate is unlabelled, and unlabelled ones are NaN.
     """
 
@@ -56,6 +61,10 @@ class KeypointDataset:
     sigmas: np.ndarray
     sigma_note: str
     head_boxes: np.ndarray | None = None
+    image_root: Path | None = None
+    file_format: str = ""
+    category_id: int = 1
+    individuals: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.source = Path(self.source)
@@ -75,6 +84,9 @@ class KeypointDataset:
         wanted = {"image_paths": (count,), "image_ids": (count,), "visible": (count, num_keypoints),
                   "boxes": (count, 4), "areas": (count,), "keypoint_names": (num_keypoints,),
                   "sigmas": (num_keypoints,)}
+        if self.individuals is not None:
+            self.individuals = list(self.individuals)
+            expected["individuals"], wanted["individuals"] = (len(self.individuals),), (count,)
         if self.head_boxes is not None:
             self.head_boxes = np.asarray(self.head_boxes, dtype=np.float64)
             expected["head_boxes"], wanted["head_boxes"] = self.head_boxes.shape, (count, 4)
@@ -101,13 +113,39 @@ class KeypointDataset:
     def num_keypoints(self) -> int:
         return self.keypoints.shape[1]
 
+    @property
+    def image_folder(self) -> Path:
+        """Where the file's image names start: ``image_root``, or for a data set made without one the
+        source's folder."""
+        return self.image_root if self.image_root is not None else self.source.parent
+
+    def summary(self) -> list[str]:
+        """What a run would load, one fact a line: source and format, image folder, images, instances (and
+        individuals), keypoint names, the labelled share of keypoint slots, flip pairs and OKS sigmas."""
+        individuals = list(dict.fromkeys(self.individuals or []))
+        animals = f" ({len(individuals)} individuals: {', '.join(individuals)})" if individuals else ""
+        return [f"data:       {self.name} ({self.file_format or 'unknown format'}) from {self.source}",
+                f"image root: {self.image_folder}",
+                f"images:     {len(np.unique(self.image_ids))}",
+                f"instances:  {len(self)}{animals}",
+                f"keypoints:  {self.num_keypoints}: {', '.join(self.keypoint_names)}",
+                f"labelled:   {self.visible.mean():.1%} of keypoint slots ({int(self.visible.sum())} of "
+                f"{self.visible.size})",
+                f"flip pairs: {len(self.flip_pairs) if self.flip_pairs else 'none (no flip augmentation or test)'}",
+                f"OKS sigmas: {self.sigma_note}"]
+
+    def image_names(self) -> list[str]:
+        """Each instance's image as the annotation file names it: relative to ``image_root``, with ``/``."""
+        return [Path(os.path.relpath(path, self.image_folder)).as_posix() for path in self.image_paths]
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> KeypointDataset:
         """The instances at ``indices``, in that order, with the data set's metadata unchanged."""
         index = np.asarray(indices, dtype=np.int64).reshape(-1)
         return dataclasses.replace(
             self, image_paths=[self.image_paths[i] for i in index], image_ids=self.image_ids[index],
             keypoints=self.keypoints[index], visible=self.visible[index], boxes=self.boxes[index],
-            areas=self.areas[index], head_boxes=None if self.head_boxes is None else self.head_boxes[index])
+            areas=self.areas[index], head_boxes=None if self.head_boxes is None else self.head_boxes[index],
+            individuals=None if self.individuals is None else [self.individuals[i] for i in index])
 
     def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple[KeypointDataset, KeypointDataset]:
         """(train, val) split by image, so that no image has instances on both sides.
@@ -156,6 +194,23 @@ def flip_pairs_from_names(names: Sequence[str]) -> list[tuple[int, int]] | None:
     return sorted(pairs) or None
 
 
+def check_keypoint_names(dataset: KeypointDataset, expected: Sequence[str], expected_from: str | Path,
+                         flag: str) -> None:
+    """A one-line HeatbenchError naming both sources when ``dataset`` has other keypoint names (or another
+    order) than ``expected``, which come from ``expected_from`` (another data set, a checkpoint)."""
+    ours, theirs = dataset.keypoint_names, list(expected)
+    if ours == theirs:
+        return
+    position = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    raise HeatbenchError(f"{flag} {dataset.source}: keypoint names differ from {expected_from}'s "
+                         f"({len(ours)} vs {len(theirs)}; keypoint {position} is {_name_at(ours, position)}, "
+                         f"not {_name_at(theirs, position)})")
+
+
+def _name_at(names: list[str], index: int) -> str:
+    return repr(names[index]) if index < len(names) else "missing"
+
+
 def read_json(path: Path) -> Any:
     """The parsed content of a JSON file; a missing, unreadable or malformed file is a DataError."""
     try:
@@ -181,3 +236,19 @@ def resolve_images(source: Path, names: Sequence[str], image_root: str | Path | 
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"{source}: image {missing[0]} not found{more}; pass the image folder as image_root")
     return paths
+
+
+def locate_images(source: Path, names: Sequence[str], candidates: Sequence[Path]) -> tuple[Path, list[Path]]:
+    """(root, absolute image paths) from the first of ``candidates`` that holds every image; logged, since a
+    user who did not name the folder should see which one was taken. None holding them all is a DataError
+    listing every folder tried."""
+    roots = list(dict.fromkeys(Path(os.path.abspath(candidate)) for candidate in candidates))
+    for root in roots:
+        try:
+            paths = resolve_images(source, names, root)
+        except DataError:
+            continue
+        log.info("%s: images from %s", source, root)
+        return root, paths
+    raise DataError(f"{source}: the images (e.g. {names[0]!r}) are not all under any of "
+                    f"{', '.join(map(str, roots))}; pass the image folder as --image-root")

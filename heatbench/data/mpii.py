@@ -83,11 +83,13 @@ def parse_mpii(records: Any, source: Path, image_root: str | Path | None = None)
         corners = pixel_centre_to_canonical(np.stack(headboxes), first_index=1)  # (N, 2 corners, 2)
         head_boxes = np.concatenate([corners.min(axis=1), np.abs(corners[:, 1] - corners[:, 0])], axis=1)
     _, image_ids = np.unique(images, return_inverse=True)
+    image_root = Path(image_root) if image_root is not None else source.parent
     return KeypointDataset(
         name=source.stem, source=source, image_paths=resolve_images(source, images, image_root), image_ids=image_ids,
         keypoints=keypoints, visible=np.stack(joints_vis) > 0, boxes=boxes, areas=boxes[:, 2] * boxes[:, 3],
         keypoint_names=list(MPII_NAMES), flip_pairs=flip_pairs_from_names(MPII_NAMES), sigmas=MPII_SIGMAS,
-        sigma_note="MPII sigmas (MMPose's MPII metadata; PCKh is MPII's usual metric)", head_boxes=head_boxes)
+        sigma_note="MPII sigmas (MMPose's MPII metadata; PCKh is MPII's usual metric)", head_boxes=head_boxes,
+        image_root=image_root, file_format="mpii")
 
 
 def load_mpii_json(path: str | Path, image_root: str | Path | None = None) -> KeypointDataset:
