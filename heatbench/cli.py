@@ -1,4 +1,4 @@
-"""Command line: ``python -m heatbench {run,list,floor,profile,merge,report,heatmap} ...`` (also installed as ``heatbench``).
+"""Command line: ``python -m heatbench {run,list,floor,profile,merge,report,heatmap,data} ...`` (also installed as ``heatbench``).
 
 User errors (a bad flag value, an unknown name, an unreadable file) print one line and exit with status 2.
 """
@@ -20,7 +20,8 @@ def _add_run(commands) -> None:
     parser.add_argument("--repr", required=True, help="'all' or comma-separated names (see `heatbench list`)")
     parser.add_argument("--res", default="64", help="input sizes, N or HxW, comma-separated (default 64)")
     parser.add_argument("--data", default="default",
-                        help="'default' (the embedded mirror-mouse set), a DeepLabCut CSV or a COCO/MPII JSON")
+                        help="'default' (the embedded mirror-mouse set), a DeepLabCut CSV, a COCO/MPII JSON, or "
+                             "the rendered set synthetic[:train=N,val=N,test=N,seed=N,blur=F,noise=F]")
     parser.add_argument("--image-root", help="image folder for --data (default: the annotation file's folder)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the TrainConfig default)")
     parser.add_argument("--batch-size", type=int, help="training batch size")
@@ -163,6 +164,26 @@ def _profile(args) -> None:
     print(write_profile_table(rows, args.out, device))
 
 
+def _add_data(commands) -> None:
+    parser = commands.add_parser("data", help="a PNG grid of a rendered set's samples with their keypoints drawn on")
+    parser.add_argument("spec", help="synthetic[:train=N,val=N,test=N,seed=N,blur=F,noise=F]")
+    parser.add_argument("--res", default="256x192", help="input size, N or HxW (default 256x192)")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="train")
+    parser.add_argument("--count", type=int, default=16, help="samples, the split's first (default 16)")
+    parser.add_argument("--out", type=Path, default=Path("synthetic.png"))
+
+
+def _data(args) -> None:
+    from .data.synthetic import parse_synthetic, write_grid
+
+    sizes = parse_resolutions(args.res)
+    if len(sizes) != 1:
+        raise HeatbenchError(f"--res {args.res!r}: name one input size")
+    if args.count < 1:
+        raise HeatbenchError(f"--count {args.count}: must be >= 1")
+    print(write_grid(parse_synthetic(args.spec), args.out, sizes[0], args.split, args.count))
+
+
 def _names(text: str) -> list[str]:
     """'all' or comma-separated names -> registered names; an unknown one is an error listing the known."""
     names = registry.available() if text == "all" else [name.strip() for name in text.split(",") if name.strip()]
@@ -183,9 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_report(commands)
     _add_heatmap(commands)
     _add_profile(commands)
+    _add_data(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report, "heatmap": _heatmap, "profile": _profile}
+    handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report, "heatmap": _heatmap,
+                "profile": _profile, "data": _data}
     try:
         handlers[args.command](args)
     except (HeatbenchError, registry.UnknownRepresentationError, ConfigError) as error:

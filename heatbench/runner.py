@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from . import floor, results
-from .data import load_dataset
+from .data import load_splits
 from .errors import HeatbenchError
 from .parsing import parse_resolutions, parse_shard, size_name
 from .report import made_by, write_report
@@ -161,13 +161,12 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
     """Run the whole job (or one shard of it); returns the results directory (None on ranks other than 0)."""
     device, context = init_distributed(resolve_device(spec.device))
     shard_index, shard_count = parse_shard(shard)
-    dataset = load_dataset(spec.data, spec.image_root)
-    train_set, val_set = dataset.split(VAL_FRACTION, seed=SPLIT_SEED)
+    train_set, val_set = load_splits(spec.data, spec.image_root, VAL_FRACTION, SPLIT_SEED)
     representations: dict[tuple[str, tuple[int, int]], Representation] = {}
     for size in spec.resolutions:
         for name in spec.representations:
             representations[name, size] = build_representation(
-                name, size, dataset.num_keypoints, **spec.overrides.get(name, {}))
+                name, size, train_set.num_keypoints, **spec.overrides.get(name, {}))
     seeds = range(spec.first_seed, spec.first_seed + spec.seeds)
     jobs = [(key, seed) for key in representations for seed in seeds][shard_index::shard_count]
     torch.set_float32_matmul_precision("high")
@@ -210,10 +209,10 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
         return None
     record = {
         "run": run_name,
-        "data": {"name": dataset.name, "source": str(dataset.source), "keypoint_names": dataset.keypoint_names,
+        "data": {"name": train_set.name, "source": str(train_set.source), "keypoint_names": train_set.keypoint_names,
                  "train_instances": len(train_set), "val_instances": len(val_set), "split_seed": SPLIT_SEED,
-                 "val_fraction": VAL_FRACTION, "oks_sigmas": dataset.sigma_note,
-                 "flip_test": bool(spec.train.flip_test and dataset.flip_pairs)},
+                 "val_fraction": VAL_FRACTION, "oks_sigmas": train_set.sigma_note,
+                 "flip_test": bool(spec.train.flip_test and train_set.flip_pairs)},
         "train": describe(spec.train),
         "training_dtype": str(training_dtype(spec.train.precision, device)).removeprefix("torch."),
         "baselines": baselines,
