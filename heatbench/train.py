@@ -176,9 +176,9 @@ def _loader(data: TopDownDataset, config: TrainConfig, device: torch.device, sha
             **batching) -> DataLoader:
     """A loader over ``data`` (or its ``shard`` of indices); images read on the CPU are pinned for the copy to
     CUDA, rendered ones are made on the device already."""
-    return DataLoader(data if shard is None else torch.utils.data.Subset(data, shard),
-                      num_workers=config.num_workers, pin_memory=device.type == "cuda" and data.image_device.type == "cpu",
-                      persistent_workers=config.num_workers > 0, **batching)
+    pin = device.type == "cuda" and data.image_device.type == "cpu"
+    return DataLoader(data if shard is None else torch.utils.data.Subset(data, shard), pin_memory=pin,
+                      num_workers=config.num_workers, persistent_workers=config.num_workers > 0, **batching)
 
 
 def checkpoint_meta(representation: Representation, config: TrainConfig) -> dict:

@@ -4,7 +4,7 @@
 keypoint), the figure, ten distractor capsules, and a background of smooth colour noise (two octaves of
 bicubic noise). The figure is a torso (spine, shoulder and hip capsules), neck, an oval head with eyes, nose
 and ears, and two-segment arms and legs, each part an anti-aliased capsule with its own colour (shirt,
-trousers or skin, with a per-part brightness) and a sinusoidal stripe texture. Its pose is drawn in 3D and
+trousers or skin, with a per-part brightness) and a texture of stripes. Its pose is drawn in 3D and
 projected orthographically: a yaw over the full circle (so left and right are told apart, as on COCO, by the
 facing cues: the depth order of the limbs and which face features show), a head turn, a torso lean, shoulder
 and hip flexion and abduction and elbow and knee flexion within human ranges (the ``*_RANGE`` constants),
@@ -327,7 +327,8 @@ def _figure(draws: Draws) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     for side, (shoulder, hip) in ((1.0, (5, 11)), (-1.0, (6, 12))):  # left, right: a person's sides, not pixels
         place(shoulder, ux + side * shoulder_w * torch.cos(yaw) * hx, uy + side * shoulder_w * torch.cos(yaw) * hy,
               side * shoulder_w * torch.sin(yaw))
-        place(hip, side * hip_w * torch.cos(yaw) * hx, side * hip_w * torch.cos(yaw) * hy, side * hip_w * torch.sin(yaw))
+        place(hip, side * hip_w * torch.cos(yaw) * hx, side * hip_w * torch.cos(yaw) * hy,
+              side * hip_w * torch.sin(yaw))
     for s, side in enumerate((1.0, -1.0)):
         for root, flexion, abduction, bend, lengths, lean_with in (
                 (5 + s, arm_f[:, s], arm_a[:, s], elbow[:, s], arm[:, s], True),
@@ -407,8 +408,7 @@ class SceneRenderer:
 
     def scenes(self, indices: torch.Tensor) -> Scenes:
         """The scenes at (B,) int64 scene ``indices``, on their device."""
-        draws = Draws(self.config.seed, indices)
-        return self._scenes(draws)
+        return self._scenes(Draws(self.config.seed, indices))
 
     def _scenes(self, draws: Draws) -> Scenes:
         points, depth, radius = _figure(draws)
@@ -435,14 +435,14 @@ class SceneRenderer:
                                     0.05 * SCENE_SIZE, (0.0, 0.25 * SCENE_SIZE), (0.03 * SCENE_SIZE, 0.08 * SCENE_SIZE),
                                     OCCLUDER_PROB)
         distractors = _loose_capsules(draws, DISTRACTORS, torch.full((1, 1, 2), SCENE_SIZE / 2, device=device),
-                                      0.8 * SCENE_SIZE, (0.0, 0.35 * SCENE_SIZE), (0.01 * SCENE_SIZE, 0.07 * SCENE_SIZE),
-                                      DISTRACTOR_PROB)
+                                      0.8 * SCENE_SIZE, (0.0, 0.35 * SCENE_SIZE),
+                                      (0.01 * SCENE_SIZE, 0.07 * SCENE_SIZE), DISTRACTOR_PROB)
         capsules = Capsules(*(torch.cat([getattr(part, field.name) for part in (occluders, figure, distractors)], 1)
                               for field in dataclasses.fields(Capsules)))
         # front to back: occluders, the figure by depth, distractors
-        order = torch.cat([torch.arange(OCCLUDERS, device=device).expand(len(points), -1),
-                           OCCLUDERS + part_depth.argsort(dim=1),
-                           OCCLUDERS + len(PARTS) + torch.arange(DISTRACTORS, device=device).expand(len(points), -1)], dim=1)
+        slots = torch.arange(OCCLUDERS + len(PARTS) + DISTRACTORS, device=device).expand(len(points), -1)
+        order = torch.cat([slots[:, :OCCLUDERS], OCCLUDERS + part_depth.argsort(dim=1),
+                           slots[:, OCCLUDERS + len(PARTS):]], dim=1)
         capsules = capsules.reorder(order)
         occluded = self._occluded(points[:, :len(COCO_NAMES)], capsules, order, parts)
         # two octaves of noise in one grid: a 4x4 one, bicubically upsampled, and a fainter 10x10 one
@@ -461,7 +461,8 @@ class SceneRenderer:
         own_rank = torch.where(owners, rank[:, None, :], rank.new_tensor(10**6)).amin(dim=-1)  # (B, 17)
         own = owners[None].expand(len(order), -1, -1).gather(2, order[:, None, :].expand(-1, len(COCO_NAMES), -1))
         covers = (capsules.distance(keypoints) < 0) & capsules.filled[:, None] & ~own
-        in_front = torch.arange(order.shape[1], device=order.device)[None, None] < own_rank[..., None]  # positions before the owners
+        position = torch.arange(order.shape[1], device=order.device)
+        in_front = position < own_rank[..., None]  # (B, 17, S): positions before the keypoint's own parts
         return (covers & in_front).any(dim=-1)
 
     def occluded(self, image_ids: np.ndarray) -> np.ndarray:
@@ -522,8 +523,9 @@ def _composite(points: torch.Tensor, pixel: torch.Tensor, background: torch.Tens
         return torch.cat([direction, -(direction * origin).sum(-1, keepdim=True)], dim=-1)
 
     count = length.shape[1]
-    beyond, distance, phase = torch.cat([project(along, (capsules.start + capsules.end) / 2),
-                                         project(across, capsules.start), capsules.wave], dim=1).bmm(points).split(count, 1)
+    projections = torch.cat([project(along, (capsules.start + capsules.end) / 2), project(across, capsules.start),
+                             capsules.wave], dim=1)
+    beyond, distance, phase = projections.bmm(points).split(count, 1)
     beyond.abs_().sub_(length[..., None] / 2).clamp_(min=0)
     distance.square_().add_(beyond.square_()).sqrt_()
     # coverage (radius - distance) / pixel + 0.5 in [0, 1]; an empty slot's is -inf before the clamp
@@ -545,7 +547,8 @@ def _blur(images: torch.Tensor, sigma_y: float, sigma_x: float) -> torch.Tensor:
     """Separable Gaussian blur with stds in px per axis, reflecting at the border."""
     for sigma, dim in ((sigma_y, 2), (sigma_x, 3)):
         radius = max(1, math.ceil(3 * sigma))
-        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device) / max(sigma, 1e-6)) ** 2)
+        offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+        taps = torch.exp(-0.5 * (offsets / max(sigma, 1e-6)) ** 2)
         kernel = (taps / taps.sum()).view(1, 1, -1, 1) if dim == 2 else (taps / taps.sum()).view(1, 1, 1, -1)
         pad = (0, 0, radius, radius) if dim == 2 else (radius, radius, 0, 0)
         images = F.conv2d(F.pad(images, pad, mode="reflect"), kernel.expand(3, 1, -1, -1).contiguous(), groups=3)
