@@ -1,14 +1,15 @@
 """A rendered pose data set: a person-like figure with COCO's 17 keypoints, exact at every input size.
 
 **What is rendered.** One figure per scene, front to back: up to two occluders (rounded bars placed over a
-keypoint), the figure, ten distractor capsules, and a background of smooth colour noise (two octaves of
+keypoint), the figure, up to ten distractor capsules (some as large as limbs), and a background of smooth colour noise (two octaves of
 bicubic noise). The figure is a torso (spine, shoulder and hip capsules), neck, an oval head with eyes, nose
 and ears, and two-segment arms and legs, each part an anti-aliased capsule with its own colour (shirt,
 trousers or skin, with a per-part brightness) and a texture of stripes. Its pose is drawn in 3D and
 projected orthographically: a yaw over the full circle (so left and right are told apart, as on COCO, by the
 facing cues: the depth order of the limbs and which face features show), a head turn, a torso lean, shoulder
 and hip flexion and abduction and elbow and knee flexion within human ranges (the ``*_RANGE`` constants),
-random proportions, and a rotation in the image plane. Parts are composited in depth order, so the far arm
+random proportions, and a rotation in the image plane; the crop fits the figure, as every top-down crop
+does, so its scale varies against the clutter's. Parts are composited in depth order, so the far arm
 goes behind the torso. Keypoints stay labelled wherever they are; a keypoint is *occluded* (COCO's v=1; see
 :meth:`SceneRenderer.occluded`) when a part that is not its own is drawn over it, an occluder or the body
 itself (the far shoulder in profile, the eyes of a figure seen from behind). Blur and noise are optional.
@@ -27,6 +28,11 @@ as tall as it is wide; that is what lets one scene be compared across resolution
 on integer tensors, on any device), so scene i depends only on (seed, i), never on the batch it is drawn in.
 Train, val and test take scene indices from disjoint blocks (``SPLIT_STRIDE`` apart), so that a bigger
 training set never changes the validation scenes.
+
+**Speed.** Scenes are drawn from their indices and rendered in batches, on the device the data loader renders
+on (the training device, CUDA included): every (pixel, capsule) distance, coverage and stripe is a batched
+matrix product or an in-place op over the whole batch; Python loops run only over memory-sized blocks of
+pixels and over the 30 capsule slots when compositing. ``benchmarks/test_synthetic_rendering.py`` measures it.
 
 **Defaults** (``SyntheticConfig``): 10,000 training, 1,000 validation and 1,000 test scenes, seed 0, no blur,
 no noise. Everything else is a constant below; each range is ours, chosen to look like people in COCO crops
@@ -67,7 +73,7 @@ KNEE_RANGE = (0.0, math.radians(130))
 
 DISTRACTORS, OCCLUDERS = 10, 2
 DISTRACTOR_PROB, OCCLUDER_PROB = 0.7, 0.35   # each slot is filled with this probability
-CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**26}  # pixel x shape pairs rendered at once: bounds the temporaries
+CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**26}  # pixel x capsule pairs rendered at once: bounds the temporaries
 
 # Keypoint indices in COCO order, and the figure's extra points after them
 NOSE, LEFT_EYE, RIGHT_EYE, LEFT_EAR, RIGHT_EAR = range(5)
@@ -504,11 +510,10 @@ def render(scenes: Scenes, to_scene: torch.Tensor, input_size: tuple[int, int]) 
     images = images.flatten(2)  # (B, 3, HW)
     homogeneous = torch.cat([points, torch.ones_like(points[:, :1])], dim=1)  # (B, 3, HW)
     capsules = scenes.capsules
-    chunk = max(1, CHUNK_ELEMENTS[points.device.type] // (height * width * capsules.radius.shape[1]))
-    for start in range(0, len(points), chunk):  # a loop over memory-sized chunks, each batched
-        part = slice(start, start + chunk)
-        images[part] = _composite(homogeneous[part], pixel[part], images[part], Capsules(
-            *(getattr(capsules, field.name)[part] for field in dataclasses.fields(Capsules))))
+    step = max(1, CHUNK_ELEMENTS[device.type] // capsules.radius.numel())
+    for start in range(0, height * width, step):  # memory-sized blocks of pixels, each for the whole batch
+        block = slice(start, start + step)
+        images[..., block] = _composite(homogeneous[..., block], pixel, images[..., block], capsules)
     return images.view(-1, 3, height, width)
 
 
