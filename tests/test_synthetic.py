@@ -108,6 +108,17 @@ def test_64_and_256x192_give_the_same_keypoints_in_normalised_crop_coordinates()
     np.testing.assert_allclose(np.concatenate([centre - size / 2, size], 1), dataset.crops, atol=1e-3)
 
 
+def test_the_same_scene_is_rendered_natively_at_every_size():
+    """256x256 averaged over 4x4 blocks is the 64x64 rendering: one scene, drawn at each size's own pixels."""
+    dataset = load_synthetic(SMALL, "val")
+    fine, _, _, _ = _batch(TopDownDataset(dataset, (256, 256), train=False))
+    coarse, _, _, _ = _batch(TopDownDataset(dataset, (64, 64), train=False))
+    difference = (torch.nn.functional.avg_pool2d(fine, 4) - coarse).abs()
+    assert difference.mean() < 0.01  # ImageNet-normalised units: under 0.0025 of the colour range
+    other, _, _, _ = _batch(TopDownDataset(load_synthetic(SMALL, "test"), (64, 64), train=False))
+    assert (other - coarse).abs().mean() > 0.3  # other scenes differ by far more
+
+
 def test_keypoints_stay_labelled_where_occluded_and_poses_vary_widely():
     train, val = load_splits("synthetic:train=256,val=64")
     occluded = val.renderer.occluded(val.image_ids)
