@@ -9,7 +9,9 @@ projected orthographically: a yaw over the full circle (so left and right are to
 facing cues: the depth order of the limbs and which face features show), a head turn, a torso lean, shoulder
 and hip flexion and abduction and elbow and knee flexion within human ranges (the ``*_RANGE`` constants),
 random proportions, and a rotation in the image plane; the crop fits the figure, as every top-down crop
-does, so its scale varies against the clutter's. Parts are composited in depth order, so the far arm
+does, so its scale varies against the clutter's. Every draw is mirror-symmetric (the left side's ranges are
+the right side's), so a mirrored sample (flip augmentation, the flip test) is a scene the set could have drawn,
+with its pairs swapped. Parts are composited in depth order, so the far arm
 goes behind the torso. Keypoints stay labelled wherever they are; a keypoint is *occluded* (COCO's v=1; see
 :meth:`SceneRenderer.occluded`) when a part that is not its own is drawn over it, an occluder or the body
 itself (the far shoulder in profile, the eyes of a figure seen from behind). Blur and noise are optional.
@@ -140,7 +142,7 @@ def parse_synthetic(spec: str) -> SyntheticConfig:
     kinds = {field.name: field.type for field in dataclasses.fields(SyntheticConfig)}
     values: dict[str, float] = {}
     for item in filter(None, (item.strip() for item in options.split(","))):
-        key, equals, raw = (part.strip() for part in item.partition("="))
+        key, _, raw = (part.strip() for part in item.partition("="))
         if key not in kinds:
             raise DataError(f"{spec}: unknown field {key!r}; expected {', '.join(kinds)}")
         try:
