@@ -21,7 +21,8 @@ def _add_run(commands) -> None:
     parser.add_argument("--res", default="64", help="input sizes, N or HxW, comma-separated (default 64)")
     parser.add_argument("--data", default="default",
                         help="'default' (the embedded mirror-mouse set), a DeepLabCut config.yaml, .h5 or .csv, "
-                             "or a COCO/MPII JSON")
+                             "a COCO/MPII JSON, or the rendered set synthetic[:train=N,val=N,test=N,seed=N,blur=F,"
+                             "noise=F]")
     parser.add_argument("--image-root", help="image folder for --data (default: the annotation file's folder; "
                                              "COCO files also look in the common layouts)")
     _add_split(parser)
@@ -161,19 +162,38 @@ def _heatmap(args) -> None:
 
 
 def _add_data(commands) -> None:
-    parser = commands.add_parser("data", help="what a run would load from a data set, and its split")
-    parser.add_argument("path", help="'default', a DeepLabCut table or config.yaml, or a COCO/MPII JSON")
+    parser = commands.add_parser("data", help="what a run would load from a data set, and its split; a rendered "
+                                              "set's samples as a PNG grid")
+    parser.add_argument("path", help="'default', a DeepLabCut table or config.yaml, a COCO/MPII JSON, or "
+                                     "synthetic[:train=N,val=N,test=N,seed=N,blur=F,noise=F]")
     parser.add_argument("--image-root", help="image folder for the data")
     _add_split(parser)
+    grid = parser.add_argument_group("rendered sets")
+    grid.add_argument("--grid", type=Path, default=Path("synthetic.png"), help="the PNG to write (default "
+                                                                                "synthetic.png)")
+    grid.add_argument("--res", default="256x192", help="its input size, N or HxW (default 256x192)")
+    grid.add_argument("--count", type=int, default=16, help="its samples, the training scenes' first (default 16)")
 
 
 def _data(args) -> None:
-    from .data import load_dataset
-    from .splits import make_split
+    from .data import is_synthetic, load_dataset
+    from .data.synthetic import parse_synthetic, write_grid
+    from .splits import load_split, make_split
 
-    dataset = load_dataset(args.path, args.image_root)
-    print("\n".join(dataset.summary()))
-    print(make_split(dataset, _split_spec(args)).summary())  # last: a set that cannot be split still shows the rest
+    if not is_synthetic(args.path):
+        dataset = load_dataset(args.path, args.image_root)
+        print("\n".join(dataset.summary()))
+        print(make_split(dataset, _split_spec(args)).summary())  # last: a set that cannot be split shows the rest
+    else:
+        split = load_split(args.path, args.image_root, _split_spec(args))
+        print("\n".join(split.train.summary()))  # the scenes' metadata; the split line gives both sides' sizes
+        print(split.summary())
+        sizes = parse_resolutions(args.res)
+        if len(sizes) != 1:
+            raise HeatbenchError(f"--res {args.res!r}: name one input size")
+        if args.count < 1:
+            raise HeatbenchError(f"--count {args.count}: must be >= 1")
+        print(write_grid(parse_synthetic(args.path), args.grid, sizes[0], "train", args.count))
 
 
 def _add_evaluate(commands) -> None:

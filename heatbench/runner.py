@@ -17,13 +17,12 @@ import torch
 from tqdm import tqdm
 
 from . import floor, results
-from .data import load_dataset
 from .errors import HeatbenchError
 from .exports import FOLDER as PREDICTION_FOLDER, prediction_files
 from .parsing import parse_resolutions, parse_shard, size_name
 from .report import made_by, write_report
 from .representation import Representation, build_representation
-from .splits import SplitSpec, make_split
+from .splits import SplitSpec, load_split
 from .train import (MEAN_POSE, MEAN_POSE_KEY, TrainConfig, describe, init_distributed, mean_pose, resolve_device,
                     run_one, steps_per_epoch, training_dtype)
 
@@ -196,14 +195,13 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
     """Run the whole job (or one shard of it); returns the results directory (None on ranks other than 0)."""
     device, context = init_distributed(resolve_device(spec.device))
     shard_index, shard_count = parse_shard(shard)
-    dataset = load_dataset(spec.data, spec.image_root)
-    split = make_split(dataset, spec.split)
+    split = load_split(spec.data, spec.image_root, spec.split)
     train_set, val_set = split.train, split.val
     representations: dict[tuple[str, tuple[int, int]], Representation] = {}
     for size in spec.resolutions:
         for name in spec.representations:
             representations[name, size] = build_representation(
-                name, size, dataset.num_keypoints, **spec.overrides.get(name, {}))
+                name, size, train_set.num_keypoints, **spec.overrides.get(name, {}))
     seeds = range(spec.first_seed, spec.first_seed + spec.seeds)
     jobs = [(key, seed) for key in representations for seed in seeds][shard_index::shard_count]
     torch.set_float32_matmul_precision("high")
@@ -250,13 +248,13 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
         return None
     record = {
         "run": run_name,
-        "data": {"name": dataset.name, "source": str(dataset.source), "keypoint_names": dataset.keypoint_names,
+        "data": {"name": train_set.name, "source": str(train_set.source), "keypoint_names": train_set.keypoint_names,
                  "train_instances": len(train_set), "val_instances": len(val_set),
                  "split_seed": split.record.get("seed"), "val_fraction": split.record.get("val_fraction"),
                  "split": split.description,
                  **({"val_source": split.record["val_source"]} if "val_source" in split.record else {}),
-                 "image_root": str(dataset.image_folder), "oks_sigmas": dataset.sigma_note,
-                 "flip_test": bool(spec.train.flip_test and dataset.flip_pairs)},
+                 "image_root": str(train_set.image_folder), "oks_sigmas": train_set.sigma_note,
+                 "flip_test": bool(spec.train.flip_test and train_set.flip_pairs)},
         "split": split.record,
         "train": describe(spec.train),
         "training_dtype": str(training_dtype(spec.train.precision, device)).removeprefix("torch."),

@@ -1,4 +1,5 @@
-"""Train / validation splits: drawn from one data set, given as a second file, or re-used from a stored run.
+"""Train / validation splits: drawn from one data set, given as a second file, or re-used from a stored run;
+a rendered set's are its fixed scene ranges.
 
 Every split is recorded by its image file names, as the annotation files name them (relative to each data
 set's image root), so that a later study can re-use it on another machine or checkout (``--split FILE``
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import KeypointDataset, load_dataset
+from .data import KeypointDataset, is_synthetic, load_dataset, load_synthetic, parse_synthetic
 from .data.dataset import check_keypoint_names, read_json
 from .errors import DataError, HeatbenchError
 
@@ -57,7 +58,7 @@ class Split:
 
     def summary(self) -> str:
         """One line: how the split was made, and the images and instances on each side."""
-        sides = [f"{name} {len(self.record[f'{name}_images'])} images / {len(part)} instances"
+        sides = [f"{name} {len(np.unique(part.image_ids))} images / {len(part)} instances"
                  for name, part in (("train", self.train), ("val", self.val))]
         return f"split:      {self.description}: {', '.join(sides)}"
 
@@ -109,3 +110,19 @@ def make_split(dataset: KeypointDataset, spec: SplitSpec = SplitSpec()) -> Split
     train, val = dataset.split(fraction, seed=seed)
     return Split(train, val, f"{fraction:.0%} val, seed {seed}",
                  _record("random", train, val, val_fraction=fraction, seed=seed))
+
+
+def load_split(data: str | Path, image_root: str | Path | None = None, spec: SplitSpec = SplitSpec()) -> Split:
+    """The train / validation split of ``data``: a rendered set's own train and validation scenes (recorded
+    by its spec, not by 10^4 image names), or ``make_split`` of the loaded file."""
+    if not is_synthetic(data):
+        return make_split(load_dataset(data, image_root), spec)
+    if image_root is not None:
+        raise HeatbenchError("--image-root cannot be used with a rendered data set (it has no image files)")
+    if spec != SplitSpec():
+        raise HeatbenchError("a rendered set's split is fixed by scene index: it takes no --val-data, "
+                             "--val-fraction, --split-seed or --split")
+    config = parse_synthetic(str(data))
+    train, val = load_synthetic(config, "train"), load_synthetic(config, "val")
+    return Split(train, val, f"rendered scenes, seed {config.seed}",
+                 {"method": "synthetic", "spec": config.spec, "train_scenes": len(train), "val_scenes": len(val)})

@@ -173,9 +173,13 @@ def build_model(representation: Representation, config: TrainConfig) -> PoseMode
     return PoseModel(backbone, representation.build_head(backbone.out_channels, backbone.stride))
 
 
-def _loader(dataset, config: TrainConfig, device: torch.device, **batching) -> DataLoader:
-    return DataLoader(dataset, num_workers=config.num_workers, pin_memory=device.type == "cuda",
-                      persistent_workers=config.num_workers > 0, **batching)
+def _loader(data: TopDownDataset, config: TrainConfig, device: torch.device, shard: list[int] | None = None,
+            **batching) -> DataLoader:
+    """A loader over ``data`` (or its ``shard`` of indices); images read on the CPU are pinned for the copy to
+    CUDA, rendered ones are made on the device already."""
+    pin = device.type == "cuda" and data.image_device.type == "cpu"
+    return DataLoader(data if shard is None else torch.utils.data.Subset(data, shard), pin_memory=pin,
+                      num_workers=config.num_workers, persistent_workers=config.num_workers > 0, **batching)
 
 
 def checkpoint_meta(representation: Representation, config: TrainConfig, keypoint_names: list[str]) -> dict:
@@ -226,7 +230,8 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
     one) returns the metrics of one point of the curve; each point also holds its epoch, optimizer step and
     the epoch's training loss. ``bar`` is the job-wide progress bar, advanced once per optimizer step; ``meta``
     is added to each checkpoint's ``meta`` record."""
-    data = TopDownDataset(train_set, representation.input_size, train=True, augment=AugmentConfig(), seed=seed)
+    data = TopDownDataset(train_set, representation.input_size, train=True, augment=AugmentConfig(), seed=seed,
+                          device=device)
     if len(data) == 0:
         raise HeatbenchError(f"{train_set.source}: the training split is empty")
     sampler = GlobalBatchSampler(len(data), config.batch_size, seed, context)
@@ -325,9 +330,9 @@ def predict(representation: Representation, model: PoseModel, dataset: KeypointD
     Each process predicts every ``world_size``-th instance; rank 0 gathers them in order and returns them,
     the other ranks return None.
     """
-    data = TopDownDataset(dataset, representation.input_size, train=False, augment=None, seed=0)
+    data = TopDownDataset(dataset, representation.input_size, train=False, augment=None, seed=0, device=device)
     shard = list(range(context.rank, len(data), context.world_size))
-    loader = _loader(torch.utils.data.Subset(data, shard), config, device, batch_size=config.batch_size)
+    loader = _loader(data, config, device, shard, batch_size=config.batch_size)
     flip_pairs = dataset.flip_pairs if config.flip_test else None
     model.to(device).eval()
     variants = representation.decoding_variants()

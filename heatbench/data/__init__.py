@@ -4,7 +4,8 @@ set, and the top-down pipeline that turns an instance into a network input.
 ``load_dataset("default")`` is the embedded mirror-mouse set (90 frames from lightning-pose, MIT licence;
 see ``mirror_mouse/README.md``); a ``.csv`` or ``.h5`` is read as a DeepLabCut label table, a ``.yaml`` as a
 DeepLabCut project's config, a ``.json`` as MPII when it is a list of records with ``joints`` and as
-COCO-style keypoints otherwise.
+COCO-style keypoints otherwise. A rendered set, ``synthetic[:FIELD=VALUE,...]``, has fixed train, validation
+and test scenes: ``load_synthetic`` (:mod:`heatbench.data.synthetic`).
 """
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from .coco import load_coco_json, parse_coco
 from .dataset import KeypointDataset, read_json
 from .dlc import load_dlc_csv, load_dlc_project, load_dlc_table
 from .mpii import is_mpii_records, load_mpii_json, parse_mpii
+from .synthetic import SyntheticConfig, is_synthetic, load_synthetic, parse_synthetic
 from .topdown import (AugmentConfig, Sample, TopDownDataset, apply_affine, crop_affine, crop_box, invert_affine,
                       warp_image)
 
 DEFAULT_DATA = Path(__file__).parent / "mirror_mouse" / "CollectedData.csv"
 
-__all__ = ["AugmentConfig", "KeypointDataset", "Sample", "TopDownDataset", "apply_affine", "crop_affine", "crop_box",
-           "invert_affine", "load_coco_json", "load_dataset", "load_default", "load_dlc_csv", "load_dlc_project",
-           "load_dlc_table", "load_mpii_json", "warp_image"]
+__all__ = ["AugmentConfig", "KeypointDataset", "Sample", "SyntheticConfig", "TopDownDataset", "apply_affine",
+           "crop_affine", "crop_box", "invert_affine", "is_synthetic", "load_coco_json", "load_dataset",
+           "load_default", "load_dlc_csv", "load_dlc_project", "load_dlc_table", "load_mpii_json", "load_synthetic",
+           "parse_synthetic", "warp_image"]
 
 
 def load_default() -> KeypointDataset:
@@ -52,5 +55,8 @@ def load_dataset(spec: str | Path, image_root: str | Path | None = None) -> Keyp
     if suffix == ".json":
         data = read_json(path)
         return parse_mpii(data, path, image_root) if is_mpii_records(data) else parse_coco(data, path, image_root)
+    if is_synthetic(spec):
+        raise DataError(f"{spec}: a rendered set has fixed train / validation / test scenes; use it with `run` "
+                        "or `data` (in Python: load_synthetic)")
     raise DataError(f"{path}: unknown data format; expected 'default', a DeepLabCut .csv, .h5 or "
                     "config.yaml, or a COCO or MPII .json")

@@ -23,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -43,8 +43,13 @@ class KeypointDataset:
     (N, 4) canonical (x, y, w, h) or None. ``image_ids`` (N,) int64, shared by instances of one image.
     ``flip_pairs`` None means mirroring is undefined for this data (no flip augmentation, no flip test).
     ``image_root`` is the folder the file's image names start from; ``file_format`` the loader's ("dlc",
-    "coco", "mpii"), which says the prediction files a run writes; ``category_id`` the COCO category;
-    ``individuals`` (N,) each instance's animal in a multi-animal DeepLabCut table, else None.
+    "coco", "mpii", "synthetic"), which says the prediction files a run writes; ``category_id`` the COCO
+    category; ``individuals`` (N,) each instance's animal in a multi-animal DeepLabCut table, else None.
+    ``crops`` (N, 4) canonical (x, y, w, h) is the image region each instance's crop covers at every input
+    size, stretched onto it; None: the box padded to the input's aspect and enlarged (``topdown.crop_box``).
+    ``renderer`` makes the images of a rendered set (``heatbench.data.synthetic``), called as
+    ``renderer(image_ids (B,), image-to-input affines (B, 2, 3), input size, device)`` -> (B, 3, H, W) in
+    [0, 1]; None: images are the files at ``image_paths``.
     Construction normalises visibility: a non-finite coordinate is unlabelled, and unlabelled ones are NaN.
     """
 
@@ -65,6 +70,8 @@ class KeypointDataset:
     file_format: str = ""
     category_id: int = 1
     individuals: list[str] | None = None
+    crops: np.ndarray | None = None
+    renderer: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         self.source = Path(self.source)
@@ -90,6 +97,9 @@ class KeypointDataset:
         if self.head_boxes is not None:
             self.head_boxes = np.asarray(self.head_boxes, dtype=np.float64)
             expected["head_boxes"], wanted["head_boxes"] = self.head_boxes.shape, (count, 4)
+        if self.crops is not None:
+            self.crops = np.asarray(self.crops, dtype=np.float64)
+            expected["crops"], wanted["crops"] = self.crops.shape, (count, 4)
         wrong = [f"{field} {expected[field]} (want {shape})"
                  for field, shape in wanted.items() if expected[field] != shape]
         if wrong:
@@ -145,7 +155,8 @@ class KeypointDataset:
             self, image_paths=[self.image_paths[i] for i in index], image_ids=self.image_ids[index],
             keypoints=self.keypoints[index], visible=self.visible[index], boxes=self.boxes[index],
             areas=self.areas[index], head_boxes=None if self.head_boxes is None else self.head_boxes[index],
-            individuals=None if self.individuals is None else [self.individuals[i] for i in index])
+            individuals=None if self.individuals is None else [self.individuals[i] for i in index],
+            crops=None if self.crops is None else self.crops[index])
 
     def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple[KeypointDataset, KeypointDataset]:
         """(train, val) split by image, so that no image has instances on both sides.

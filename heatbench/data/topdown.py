@@ -17,6 +17,11 @@ clipped to +-60 (HRNet clips at twice its rotation factor). HRNet's half-body au
 (ours). Randomness comes from a ``torch.Generator`` seeded from (seed, epoch, instance index), so a run does
 not depend on the number of data-loader workers or their order.
 
+A rendered set (``KeypointDataset.renderer``, :mod:`heatbench.data.synthetic`) goes through the same geometry:
+its instances' ``crops`` replace ``crop_box``, and instead of a file warped by the affine, the renderer draws
+the scene through that affine directly, for a whole batch at once (``__getitems__``, which the data loader
+calls with each batch), on ``device``.
+
 Keypoints that leave [0, W) x [0, H) after the transform are marked invisible (ours, one rule for every
 representation; HRNet zeroes the weight where the Gaussian target leaves the heatmap). Images are
 normalised with the ImageNet mean and std the backbones were pretrained with.
@@ -138,11 +143,12 @@ class TopDownDataset(torch.utils.data.Dataset):
     ``train=True`` augments with ``augment`` (None: the :class:`AugmentConfig` defaults); ``train=False`` does
     not augment and takes no ``augment``. Call ``set_epoch`` before each epoch: the epoch is kept in shared
     memory, so persistent data-loader workers see it too. Decoded images are cached per worker (as uint8,
-    grey images with one channel).
+    grey images with one channel). ``device`` is where a rendered set's images are made (in a loader worker,
+    the CPU: CUDA does not survive the fork); files are read and warped on the CPU.
     """
 
     def __init__(self, dataset: KeypointDataset, input_size: tuple[int, int], train: bool,
-                 augment: AugmentConfig | None = None, seed: int = 0):
+                 augment: AugmentConfig | None = None, seed: int = 0, device: torch.device | str = "cpu"):
         if not train and augment is not None:
             raise ValueError("TopDownDataset: augment is only used with train=True")
         if seed < 0:
@@ -153,7 +159,9 @@ class TopDownDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._cache: dict[Path, torch.Tensor] = {}  # image path -> (C, Hi, Wi) uint8
-        self._centres, self._sizes = crop_box(dataset.boxes, self.input_size)
+        self.image_device = torch.device(device) if dataset.renderer is not None else torch.device("cpu")
+        self._centres, self._sizes = (crop_box(dataset.boxes, self.input_size) if dataset.crops is None else
+                                      (dataset.crops[:, :2] + dataset.crops[:, 2:] / 2, dataset.crops[:, 2:]))
         self._flip_perm = (None if dataset.flip_pairs is None else
                            ops.flip_permutation(dataset.num_keypoints, dataset.flip_pairs).numpy())
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -205,9 +213,24 @@ class TopDownDataset(torch.utils.data.Dataset):
             visible &= (keypoints >= 0).all(axis=-1) & (keypoints[:, 0] < width) & (keypoints[:, 1] < height)
         return affine, np.where(visible[:, None], keypoints, 0.0), visible
 
+    def _images(self, indices: list[int], affines: np.ndarray) -> torch.Tensor:
+        """(B, 3, H, W) float inputs in [0, 1] seen through (B, 2, 3) image-to-input ``affines``: a rendered
+        set's in one batch, files one by one."""
+        if self.dataset.renderer is not None:
+            device = self.image_device if torch.utils.data.get_worker_info() is None else torch.device("cpu")
+            return self.dataset.renderer(self.dataset.image_ids[indices], affines, self.input_size, device)
+        return torch.stack([warp_image(self._image(index).float() / 255, affine, self.input_size).expand(3, -1, -1)
+                            for index, affine in zip(indices, affines)])
+
+    def __getitems__(self, indices: list[int]) -> list[Sample]:
+        """The samples at ``indices``; the data loader fetches each batch through this."""
+        affines, keypoints, visible = (np.stack(parts) for parts in zip(*(self.geometry(index) for index in indices)))
+        images = self._images(list(indices), affines)
+        images = (images - self._mean.to(images.device)) / self._std.to(images.device)
+        to_image = torch.from_numpy(invert_affine(affines)).float()
+        return [Sample(image=images[i], keypoints=torch.from_numpy(keypoints[i]).float(),
+                       visible=torch.from_numpy(visible[i]).float(), index=index, affine=to_image[i])
+                for i, index in enumerate(indices)]
+
     def __getitem__(self, index: int) -> Sample:
-        affine, keypoints, visible = self.geometry(index)
-        image = warp_image(self._image(index).float() / 255, affine, self.input_size).expand(3, -1, -1)
-        return Sample(image=(image - self._mean) / self._std, keypoints=torch.from_numpy(keypoints).float(),
-                      visible=torch.from_numpy(visible).float(), index=index,
-                      affine=torch.from_numpy(invert_affine(affine)).float())
+        return self.__getitems__([index])[0]
