@@ -316,8 +316,10 @@ def merge(directories: list[Path], target: Path) -> str:
     _require_same(directories, records, lambda r: _schedule(r["train"]), "were trained with different schedules")
     representations: dict[str, dict] = {}
     for directory, record in zip(directories, records):
+        # only what a directory trained constrains the merge: a shard records every configuration of its job
+        trained = {f"{row['representation']}@{row['input']}" for row in record["seed_rows"]}
         for key, description in record["representations"].items():
-            if representations.setdefault(key, description) != description:
+            if key in trained and representations.setdefault(key, description) != description:
                 raise HeatbenchError(f"merge: {directory} configures {key} differently from an earlier directory")
     names = list(dict.fromkeys(key.split("@")[0] for key in representations))
     seed_rows = [row for record in records for row in record["seed_rows"]]

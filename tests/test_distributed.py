@@ -104,3 +104,26 @@ def test_merge_refuses_runs_that_are_not_comparable(tmp_path, mouse_mini, sectio
     with pytest.raises(HeatbenchError, match=message):
         merge([tmp_path / "a", other], tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+
+
+def test_merge_compares_only_the_configurations_each_directory_trained(tmp_path, mouse_mini):
+    from heatbench.cli import main
+    from heatbench.errors import HeatbenchError
+    from heatbench.runner import merge
+
+    for seed, untrained in ((0, {"sigma": 0.06}), (1, {"sigma": 0.12})):  # as shards of jobs that differ elsewhere
+        assert main(["run", *TINY, "--data", str(mouse_mini), "--out", str(tmp_path), "--name", f"seed{seed}",
+                     "--seed", str(seed), "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+        path = tmp_path / f"seed{seed}" / "results.json"
+        record = json.loads(path.read_text())
+        record["representations"]["nerpe@64x64"] = untrained
+        path.write_text(json.dumps(record))
+    runs = [tmp_path / "seed0", tmp_path / "seed1"]
+    merge(runs, tmp_path / "merged")
+    assert "nerpe@64x64" not in json.loads((tmp_path / "merged" / "results.json").read_text())["representations"]
+    path = tmp_path / "seed1" / "results.json"
+    record = json.loads(path.read_text())
+    record["representations"]["simcc@64x64"]["config"]["label_smoothing"] = 0.5
+    path.write_text(json.dumps(record))
+    with pytest.raises(HeatbenchError, match="configures simcc@64x64 differently"):
+        merge(runs, tmp_path / "merged-again")
