@@ -31,7 +31,7 @@ from .train import (MEAN_POSE, MEAN_POSE_KEY, TrainConfig, build_model, evaluati
 def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_test: bool = True,
              out: Path | None = None, device: str = "auto", progress: bool = True) -> Path:
     """Score ``checkpoint`` on every instance of ``data``; write table.md, table.csv, per_keypoint.csv,
-    results.json, predictions.npz and the prediction files (``heatbench.exports``) to ``out`` (default
+    results.json, predictions.npz, baselines.npz and the prediction files (``heatbench.exports``) to ``out`` (default
     ``results/<checkpoint>_on_<data set>``) and return it."""
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
@@ -56,10 +56,11 @@ def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_te
            **evaluation_row(representation, model, predictions, score_predictions(dataset, predictions),
                             dataset.visible, device)}
     del row["predictions"]
-    baselines = []
+    baselines, baseline_arrays = [], {}
     if MEAN_POSE_KEY in meta:  # the training set's mean pose, scored on these data: the bar the row must beat
         baseline = mean_pose_scores(np.asarray(meta[MEAN_POSE_KEY]), dataset, representation.input_size)
-        del baseline["predictions"]
+        baseline_arrays = {f"{MEAN_POSE}_{row['input']}/{name}": array
+                           for name, array in baseline.pop("predictions").items()}
         baselines.append({"representation": MEAN_POSE, "input": row["input"], "baseline": True, **baseline})
     per_keypoint = per_keypoint_rows(baselines + [row])
     rows = without_per_keypoint(with_baselines([row], baselines))
@@ -78,8 +79,9 @@ def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_te
                f"{len(dataset)} instances; errors over labelled keypoints; PCK relative to the box size.\n\n")
     with results.atomic_directory(target) as staging:
         results.write_json(staging / "results.json", record)
-        np.savez_compressed(staging / "predictions.npz", image_ids=dataset.image_ids, visible=dataset.visible,
+        np.savez_compressed(staging / results.PREDICTIONS, image_ids=dataset.image_ids, visible=dataset.visible,
                             target_image=dataset.keypoints, **predictions)
+        np.savez_compressed(staging / results.BASELINE_PREDICTIONS, **baseline_arrays)
         print(results.write_table(staging, rows, table_columns(rows), preface=preface))
         pd.DataFrame(per_keypoint).to_csv(staging / "per_keypoint.csv", index=False)
         write_files(staging, prediction_files(dataset, predictions, checkpoint.stem))

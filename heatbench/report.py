@@ -1,7 +1,7 @@
 """The report of one or more run directories: ``report.md`` with its table, figures and paired comparisons.
 
-``write_report`` reads each directory's ``results.json`` (rows, provenance) and ``predictions.npz`` (every
-seed's keypoints), and writes beside ``report.md`` five PNG figures: accuracy against input resolution, the
+``write_report`` reads each directory's ``results.json`` (rows, provenance), ``predictions.npz`` (every
+trained seed's keypoints) and ``baselines.npz`` (the mean pose's), and writes beside ``report.md`` five PNG figures: accuracy against input resolution, the
 distribution of keypoint error, cost against accuracy, error per keypoint, and the codec floor beside the
 trained error. Errors are Euclidean over labelled keypoints of the validation split, in input pixels (the
 crop the network sees) unless a figure says image pixels, the unit that stays the same across resolutions.
@@ -38,7 +38,7 @@ from tabulate import tabulate
 from .errors import HeatbenchError
 from .metrics import keypoint_errors
 from .parsing import size_name
-from .results import atomic_directory, format_cell
+from .results import BASELINE_PREDICTIONS, PREDICTIONS, atomic_directory, format_cell
 from .stats import CONFIDENCE, paired_bootstrap
 
 REPORT = "report.md"
@@ -112,15 +112,16 @@ def _load_runs(run_dirs: list[Path]) -> tuple[list[RunDir], dict[str, np.ndarray
         raise HeatbenchError("report: name at least one run directory")
     records = []
     for path in paths:
-        if not (path / "results.json").is_file() or not (path / "predictions.npz").is_file():
-            raise HeatbenchError(f"{path}: not a run directory (it needs results.json and predictions.npz)")
+        needed = ("results.json", PREDICTIONS, BASELINE_PREDICTIONS)
+        if not all((path / name).is_file() for name in needed):
+            raise HeatbenchError(f"{path}: not a run directory (it needs {', '.join(needed)})")
         records.append(json.loads((path / "results.json").read_text()))
     names = [record["run"] for record in records]
     runs = [RunDir(path, name if names.count(name) == 1 else str(path), record)
             for path, name, record in zip(paths, names, records)]
     evaluation = None
     for run in runs:
-        with np.load(run.path / "predictions.npz") as predictions:
+        with np.load(run.path / PREDICTIONS) as predictions:
             this = {"image_ids": predictions["image_ids"], "visible": predictions["visible"]}
         if evaluation is None:
             evaluation = this
@@ -138,22 +139,23 @@ def _entries(runs: list[RunDir], visible: np.ndarray) -> list[Entry]:
     ambiguous = {name for (name, _), labels in homes.items() if len(labels) > 1}
     entries, baselines = [], set()
     for run in runs:
-        with np.load(run.path / "predictions.npz") as predictions:
-            for row in run.record["rows"]:
-                if row.get("baseline"):  # runs on the same instances share it: one entry per input size
-                    if row["input"] in baselines:
-                        continue
-                    baselines.add(row["input"])
-                name = row["representation"]
-                keys = ([f"{name}_{row['input']}"] if row.get("baseline") else
-                        [f"{name}_{row['input']}_seed{seed}" for seed in row["seeds"]])
+        for row in run.record["rows"]:
+            if row.get("baseline"):  # runs on the same instances share it: one entry per input size
+                if row["input"] in baselines:
+                    continue
+                baselines.add(row["input"])
+            name = row["representation"]
+            keys = ([f"{name}_{row['input']}"] if row.get("baseline") else
+                    [f"{name}_{row['input']}_seed{seed}" for seed in row["seeds"]])
+            file = run.path / (BASELINE_PREDICTIONS if row.get("baseline") else PREDICTIONS)
+            with np.load(file) as predictions:
                 missing = [key for key in keys if f"{key}/pred_input" not in predictions.files]
                 if missing:
-                    raise HeatbenchError(f"{run.path / 'predictions.npz'}: no predictions for {', '.join(missing)}")
+                    raise HeatbenchError(f"{file}: no predictions for {', '.join(missing)}")
                 errors = np.stack([keypoint_errors(predictions[f"{key}/pred_input"], predictions[f"{key}/target_input"])
                                    for key in keys])  # (S, N, K)
-                label = f"{name} ({run.label})" if name in ambiguous and not row.get("baseline") else name
-                entries.append(Entry(label, run, row, errors, (visible > 0) & np.isfinite(errors).all(axis=0)))
+            label = f"{name} ({run.label})" if name in ambiguous and not row.get("baseline") else name
+            entries.append(Entry(label, run, row, errors, (visible > 0) & np.isfinite(errors).all(axis=0)))
     return entries
 
 

@@ -24,6 +24,10 @@ import torch
 from tabulate import tabulate
 
 LIBRARIES = ("heatbench", "torch", "numpy", "scipy", "pandas", "pycocotools")
+# a run directory's arrays: the validation targets with every trained model's predictions, and apart from
+# them the baselines' (the mean pose), which no network made
+PREDICTIONS = "predictions.npz"
+BASELINE_PREDICTIONS = "baselines.npz"
 
 
 @contextlib.contextmanager

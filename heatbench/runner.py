@@ -165,12 +165,15 @@ def write_files(directory: Path, files: dict[str, str]) -> None:
 
 
 def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[str, np.ndarray],
-              files: dict[str, str]) -> str:
-    """Write a complete run directory atomically (results.json, predictions.npz, table.md, table.csv,
-    per_keypoint.csv, curves.csv and ``files``, the prediction files), then its report (report.md and figures).
+              baseline_arrays: dict[str, np.ndarray], files: dict[str, str]) -> str:
+    """Write a complete run directory atomically (results.json, predictions.npz, baselines.npz, table.md,
+    table.csv, per_keypoint.csv, curves.csv and ``files``, the prediction files), then its report (report.md
+    and figures).
 
     ``record`` holds everything but the rows (its ``baselines`` are the mean-pose rows); ``arrays`` the
-    validation targets and every prediction. Shared by ``run`` and ``merge``. Returns the Markdown table.
+    validation targets and every trained model's predictions, ``baseline_arrays`` the mean pose's, kept in a
+    file of their own so that every prediction in predictions.npz is a trained one. Shared by ``run`` and
+    ``merge``. Returns the Markdown table.
     """
     rows = without_per_keypoint(with_baselines(table_rows(seed_rows), record.get("baselines", [])))
     per_keypoint = per_keypoint_rows(record.get("baselines", []) + seed_rows)
@@ -182,7 +185,8 @@ def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[st
                f"to the box size; seeds {seeds}, mean ± sample std.\n\n")
     with results.atomic_directory(target) as staging:
         results.write_json(staging / "results.json", record)
-        np.savez_compressed(staging / "predictions.npz", **arrays)
+        np.savez_compressed(staging / results.PREDICTIONS, **arrays)
+        np.savez_compressed(staging / results.BASELINE_PREDICTIONS, **baseline_arrays)
         markdown = results.write_table(staging, rows, table_columns(rows), preface=preface)
         pd.DataFrame(per_keypoint).to_csv(staging / "per_keypoint.csv", index=False)
         pd.DataFrame(curve_rows(seed_rows)).to_csv(staging / "curves.csv", index=False)
@@ -210,6 +214,7 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
     seed_rows: list[dict] = []
     files: dict[str, str] = {}
     arrays = {"image_ids": val_set.image_ids, "visible": val_set.visible, "target_image": val_set.keypoints}
+    baseline_arrays: dict[str, np.ndarray] = {}
     baselines, means = [], {}
     for size in dict.fromkeys(size for (_, size), _ in jobs):
         baseline = mean_pose(train_set, val_set, size)
@@ -219,7 +224,7 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
             continue
         means[size] = baseline.pop("mean_input")
         for array_name, array in baseline.pop("predictions").items():
-            arrays[f"{MEAN_POSE}_{size_name(size)}/{array_name}"] = array
+            baseline_arrays[f"{MEAN_POSE}_{size_name(size)}/{array_name}"] = array
         baselines.append({"representation": MEAN_POSE, "input": size_name(size), "baseline": True, "seeds": [],
                           **baseline})
     floors = {}
@@ -267,7 +272,7 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
                             for (name, size), rep in representations.items()},
         **results.provenance(device),
     }
-    print(write_run(spec.out / run_name, record, seed_rows, arrays, files))
+    print(write_run(spec.out / run_name, record, seed_rows, arrays, baseline_arrays, files))
     return spec.out / run_name
 
 
@@ -328,10 +333,12 @@ def merge(directories: list[Path], target: Path) -> str:
         raise HeatbenchError("merge: the same representation, input and seed appears in more than one directory")
     seed_rows.sort(key=lambda row: (*parse_resolutions(row["input"]), names.index(row["representation"]), row["seed"]))
     arrays: dict[str, np.ndarray] = {}
+    baseline_arrays: dict[str, np.ndarray] = {}
     files: dict[str, str] = {}
     for directory in directories:
-        with np.load(directory / "predictions.npz") as stored:
-            arrays.update({name: stored[name] for name in stored.files})
+        for name, into in ((results.PREDICTIONS, arrays), (results.BASELINE_PREDICTIONS, baseline_arrays)):
+            with np.load(directory / name) as stored:
+                into.update({key: stored[key] for key in stored.files})
         files.update({f"{PREDICTION_FOLDER}/{path.name}": path.read_text()
                       for path in sorted((directory / PREDICTION_FOLDER).glob("*"))})
     sources = [source for record in records for source in _sources(record)]
@@ -344,4 +351,4 @@ def merge(directories: list[Path], target: Path) -> str:
                   command=" ".join(["python -m heatbench merge", *map(str, directories), "--out", str(target)]),
                   git_commit=", ".join(dict.fromkeys(source["git_commit"] for source in sources)),
                   device=", ".join(dict.fromkeys(source["device"] for source in sources)))
-    return write_run(target, record, seed_rows, arrays, files)
+    return write_run(target, record, seed_rows, arrays, baseline_arrays, files)

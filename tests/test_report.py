@@ -13,7 +13,8 @@ from heatbench.errors import HeatbenchError
 from heatbench.report import FIGURES, REPORT, Entry, _comparisons, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RUN_FILES = ("results.json", "predictions.npz", "table.md", "table.csv", "per_keypoint.csv", "curves.csv")
+RUN_FILES = ("results.json", "predictions.npz", "baselines.npz", "table.md", "table.csv", "per_keypoint.csv",
+             "curves.csv")
 PREDICTION_FOLDER = "predictions"  # the COCO results JSON and DeepLabCut CSV of every trained model
 
 
