@@ -125,6 +125,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint_and_matches_an_uninter
         raise KeyboardInterrupt  # after the first epoch's checkpoint
 
     monkeypatch.setattr(heatbench.train, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(heatbench.train, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every epoch
     with pytest.raises(KeyboardInterrupt):
         run("cut")
     assert not (tmp_path / "results" / "cut").exists()  # nothing half-written
