@@ -126,6 +126,9 @@ def _add_report(commands) -> None:
     parser = commands.add_parser("report", help="report.md with figures and paired comparisons for run directories")
     parser.add_argument("directories", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, help="where to write (default: the directory, when only one is given)")
+    parser.add_argument("--real", nargs="+", type=Path, default=[], metavar="DIR",
+                        help="runs on real data, e.g. beside runs on the rendered set: drawn in the error budget "
+                             "as each representation's error on real labels (they join no table)")
 
 
 def _report(args) -> None:
@@ -133,7 +136,7 @@ def _report(args) -> None:
 
     if args.out is None and len(args.directories) > 1:
         raise HeatbenchError("report: --out is required with several directories")
-    print(write_report(args.directories, args.out or args.directories[0]))
+    print(write_report(args.directories, args.out or args.directories[0], args.real))
 
 
 def _add_heatmap(commands) -> None:

@@ -1,11 +1,12 @@
 """The report of one or more run directories: ``report.md`` with its table, figures and paired comparisons.
 
 ``write_report`` reads each directory's ``results.json`` (rows, provenance), ``predictions.npz`` (every
-trained seed's keypoints) and ``baselines.npz`` (the mean pose's), and writes beside ``report.md`` five PNG figures: accuracy against input resolution, the
-distribution of keypoint error, cost against accuracy, error per keypoint, and the codec floor beside the
-trained error. Errors are Euclidean over labelled keypoints of the validation split, in input pixels (the
-crop the network sees) unless a figure says image pixels, the unit that stays the same across resolutions.
-Spreads are sample standard deviations over seeds.
+trained seed's keypoints) and ``baselines.npz`` (the mean pose's), and writes beside ``report.md`` six PNG
+figures: learning curves, accuracy against input resolution, the distribution of keypoint error, cost
+against accuracy, error per keypoint, and the error budget (the codec floor, the trained error and, for runs
+given on real data, the error there). Errors are Euclidean over labelled keypoints of the validation split,
+in input pixels (the crop the network sees) unless a figure says image pixels, the unit that stays the same
+across resolutions. Spreads are sample standard deviations over seeds.
 
 Directories are combined row by row. A representation x input present in two directories is kept twice and
 labelled by run; directories evaluated on different instances are refused, since their numbers do not
@@ -71,10 +72,12 @@ FIGURES = {
     "per_keypoint_error.png": ("Error per keypoint",
                                "Mean error of each keypoint over the validation instances where it is labelled; "
                                "error bars: std over seeds."),
-    "floor_vs_trained.png": ("Floor beside trained error",
-                             "Floor: the error of decoding the representation's ideal outputs for interior "
-                             "keypoints, what the representation itself imposes before any learning; trained: "
-                             "the mean error after training."),
+    "error_budget.png": ("Error budget",
+                         "Per representation and input size, the parts of its error: the floor, decoding its "
+                         "ideal outputs for interior keypoints (what the representation itself imposes before "
+                         "any learning); the mean error after training on the report's data; and, where runs on "
+                         "real data are given (`report --real DIR`), the mean error after training on those, "
+                         "whose labels carry human noise. Error bars: std over seeds."),
 }
 
 
@@ -266,20 +269,44 @@ def _plot_per_keypoint(entries: list[Entry], colours: dict[str, str], keypoint_n
     return figure
 
 
-def _plot_floor(entries: list[Entry], colours: dict[str, str]) -> Figure:
+def _real_errors(real: list[Entry]) -> dict[tuple[str, str], Entry]:
+    """The rows trained on real data, by (representation, input), for the error budget."""
+    by_key: dict[tuple[str, str], Entry] = {}
+    for entry in (e for e in real if not e.baseline):
+        key = entry.row["representation"], entry.row["input"]
+        if key in by_key:
+            raise HeatbenchError(f"report --real: {key[0]} at {key[1]} is in more than one run directory")
+        by_key[key] = entry
+    return by_key
+
+
+def _plot_error_budget(entries: list[Entry], colours: dict[str, str], real: list[Entry]) -> Figure:
     sizes = _sizes(entries)
-    figure, axes = _panels(len(sizes), max(4.5, 1.2 * max(sum(e.size == s for e in entries) for s in sizes)), 3.6)
+    real_by_key = _real_errors(real)
+    data_name = entries[0].run.record["data"]["name"]
+    real_names = ", ".join(dict.fromkeys(e.run.record["data"]["name"] for e in real_by_key.values()))
+    parts = 3 if real_by_key else 2
+    width = 0.8 / parts
+    figure, axes = _panels(len(sizes), max(4.5, 0.4 * parts * max(sum(e.size == s for e in entries) for s in sizes)),
+                           3.6)
     for axis, size in zip(axes, sizes):
         shown = [e for e in entries if e.size == size and not e.baseline]
-        positions = np.arange(len(shown))
-        floors = axis.bar(positions - 0.2, [e.row["floor_px"] for e in shown], 0.4, color="0.6",
-                          label="floor: decode(ideal outputs)")
-        trained = axis.bar(positions + 0.2, [e.row["mean_error_input_px"] for e in shown], 0.4,
-                           yerr=[_spread(e, "mean_error_input_px") or 0.0 for e in shown], capsize=3,
-                           color=[colours[e.label] for e in shown], label="trained")
-        for bars in (floors, trained):
-            axis.bar_label(bars, fmt="%.3g", fontsize="x-small")
-        axis.set_xticks(positions, [e.label for e in shown], rotation=30, ha="right")
+        positions = np.arange(len(shown)) - 0.4 + width / 2
+        bars = [axis.bar(positions, [e.row["floor_px"] for e in shown], width, color="0.6",
+                         label="floor: decode(ideal outputs)"),
+                axis.bar(positions + width, [e.row["mean_error_input_px"] for e in shown], width,
+                         yerr=[_spread(e, "mean_error_input_px") or 0.0 for e in shown], capsize=3,
+                         color=[colours[e.label] for e in shown], label=f"trained on {data_name}")]
+        if real_by_key:
+            matched = [real_by_key.get((e.row["representation"], e.row["input"])) for e in shown]
+            bars.append(axis.bar(positions + 2 * width,
+                                 [m.row["mean_error_input_px"] if m else np.nan for m in matched], width,
+                                 yerr=[(_spread(m, "mean_error_input_px") or 0.0) if m else 0.0 for m in matched],
+                                 capsize=3, color=[colours[e.label] for e in shown], hatch="//", alpha=0.6,
+                                 label=f"trained on {real_names}"))
+        for group in bars:
+            axis.bar_label(group, fmt="%.3g", fontsize="x-small")
+        axis.set_xticks(np.arange(len(shown)), [e.label for e in shown], rotation=30, ha="right")
         axis.set(title=f"input {size_name(size)}", ylabel="mean error (input px)")
         axis.legend(fontsize="small")
     return figure
@@ -423,12 +450,19 @@ def _publishing(out_dir: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
-    """Write ``out_dir/report.md`` and its figures for the runs in ``run_dirs``; returns the report's path."""
+def write_report(run_dirs: list[Path], out_dir: Path, real_dirs: list[Path] = ()) -> Path:
+    """Write ``out_dir/report.md`` and its figures for the runs in ``run_dirs``; returns the report's path.
+
+    ``real_dirs``, runs on other (real) data, join only the error budget, as each row's error on real labels.
+    """
     runs, evaluation = _load_runs(run_dirs)
     entries = _entries(runs, evaluation["visible"])
     if not entries:
         raise HeatbenchError(f"report: {', '.join(str(run.path) for run in runs)} hold no result rows")
+    real = []
+    if real_dirs:
+        real_runs, real_evaluation = _load_runs(real_dirs)
+        real = _entries(real_runs, real_evaluation["visible"])
     colours = _colours(entries)
     figures = {
         "learning_curves.png": _plot_curves(entries, colours),
@@ -436,7 +470,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
         "error_cdf.png": _plot_cdf(entries, colours),
         "cost_vs_accuracy.png": _plot_cost(entries, colours),
         "per_keypoint_error.png": _plot_per_keypoint(entries, colours, runs[0].record["data"]["keypoint_names"]),
-        "floor_vs_trained.png": _plot_floor(entries, colours),
+        "error_budget.png": _plot_error_budget(entries, colours, real),
     }
     sections = "".join(f"### {FIGURES[name][0]}\n\n![{FIGURES[name][0]}]({name})\n\n{FIGURES[name][1]}\n\n"
                        for name in figures)

@@ -50,7 +50,8 @@ def test_run_writes_table_csv_and_json_with_every_column(finished_run):
 
 def test_predictions_npz_holds_only_trained_models_and_baselines_npz_the_mean_pose(finished_run):
     with np.load(finished_run / "predictions.npz") as trained, np.load(finished_run / "baselines.npz") as baseline:
-        assert {key.split("/")[0] for key in trained.files if "/" in key} == {"heatmap_64x64_seed0", "simcc_64x64_seed0"}
+        trained_keys = {key.split("/")[0] for key in trained.files if "/" in key}
+        assert trained_keys == {"heatmap_64x64_seed0", "simcc_64x64_seed0"}
         assert {key.split("/")[0] for key in baseline.files} == {"mean pose_64x64"}
         np.testing.assert_allclose(baseline["mean pose_64x64/target_input"], trained["heatmap_64x64_seed0/target_input"],
                                    rtol=1e-6)  # the same targets, the network's in float32

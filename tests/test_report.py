@@ -181,3 +181,36 @@ def test_learning_curves_hold_one_point_per_validation_for_every_seed(run_dir):
     table = pd.read_csv(run_dir / "table.csv").set_index("representation")
     last = curves[curves["epoch"] == 2].groupby("representation")["mean_error_input_px"].mean()
     assert np.allclose(last, table.loc[last.index, "mean_error_input_px"])  # the last point is the table's row
+
+
+def _as_real(run_dir, path, factor):
+    """A copy of ``run_dir`` whose trained rows claim ``factor`` times the error, as if run on real data."""
+    real = shutil.copytree(run_dir, path)
+    record = json.loads((real / "results.json").read_text())
+    for row in record["rows"]:
+        row["mean_error_input_px"] *= factor
+    (real / "results.json").write_text(json.dumps({**record, "run": path.name}))
+    return real
+
+
+def test_error_budget_puts_floor_trained_and_real_error_side_by_side_per_representation(run_dir, tmp_path):
+    from heatbench.report import _entries, _load_runs, _plot_error_budget
+
+    real = _as_real(run_dir, tmp_path / "real", 3.0)
+    runs, evaluation = _load_runs([run_dir])
+    entries = _entries(runs, evaluation["visible"])
+    real_runs, real_evaluation = _load_runs([real])
+    real_entries = _entries(real_runs, real_evaluation["visible"])
+    figure = _plot_error_budget(entries, {e.label: "C0" for e in entries}, real_entries)
+    trained = [e.row for e in entries if not e.baseline]
+    heights = [bar.get_height() for bar in figure.axes[0].patches]
+    assert heights == pytest.approx([row["floor_px"] for row in trained]
+                                    + [row["mean_error_input_px"] for row in trained]
+                                    + [3 * row["mean_error_input_px"] for row in trained])
+    assert (write_report([run_dir], tmp_path / "budget", [real]).parent / "error_budget.png").is_file()
+
+
+def test_error_budget_refuses_a_representation_twice_on_real_data(run_dir, tmp_path):
+    twice = [_as_real(run_dir, tmp_path / name, 2.0) for name in ("real-a", "real-b")]
+    with pytest.raises(HeatbenchError, match="heatmap at 64x64 is in more than one run directory"):
+        write_report([run_dir], tmp_path / "budget", twice)
