@@ -292,7 +292,7 @@ def _plot_error_budget(entries: list[Entry], colours: dict[str, str], real: list
     for axis, size in zip(axes, sizes):
         shown = [e for e in entries if e.size == size and not e.baseline]
         positions = np.arange(len(shown)) - 0.4 + width / 2
-        bars = [axis.bar(positions, [e.row["floor_px"] for e in shown], width, color="0.6",
+        bars = [axis.bar(positions, [e.row["floor_px"] for e in shown], width, color="0.9", edgecolor="0.3",
                          label="floor: decode(ideal outputs)"),
                 axis.bar(positions + width, [e.row["mean_error_input_px"] for e in shown], width,
                          yerr=[_spread(e, "mean_error_input_px") or 0.0 for e in shown], capsize=3,
