@@ -31,8 +31,8 @@ from .train import (MEAN_POSE, MEAN_POSE_KEY, TrainConfig, build_model, evaluati
 def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_test: bool = True,
              out: Path | None = None, device: str = "auto", progress: bool = True) -> Path:
     """Score ``checkpoint`` on every instance of ``data``; write table.md, table.csv, per_keypoint.csv,
-    results.json, predictions.npz, baselines.npz and the prediction files (``heatbench.exports``) to ``out`` (default
-    ``results/<checkpoint>_on_<data set>``) and return it."""
+    results.json, predictions.npz, baselines.npz and the prediction files (``heatbench.exports``) to ``out``
+    (default ``results/<checkpoint>_on_<data set>``) and return it."""
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     meta = state["meta"]
