@@ -414,7 +414,9 @@ class NerPE(Representation):
         16 px, one training query per 4 px^2 as there (S = 4 at 64x64). Every released config has about 11.6
         training queries inside the 1-sigma disk, and so do these. The paper's sigma = 0.06 with S = 8 would
         keep that count too, but with a target half as wide in pixels as any released one, which heatbench's
-        schedule fits far less well (``docs/training.md``), and at four times the MLP's training cost.
+        schedule fits far less well (``docs/training.md``), and at four times the MLP's training cost. S = 8
+        at the scaled sigma also costs about three times S = 4's training time for the same error at 64x64
+        (``docs/training.md``), so S = 4 is the default.
         """
         config = NerPEConfig()
         long_side = max(input_size)
