@@ -202,7 +202,8 @@ def _data(args) -> None:
 def _add_evaluate(commands) -> None:
     parser = commands.add_parser("evaluate", help="score a trained checkpoint on a data set, with run's columns")
     parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by `run`")
-    parser.add_argument("--data", required=True, help="a DeepLabCut table or config.yaml, or a COCO/MPII JSON")
+    parser.add_argument("--data", required=True, help="a DeepLabCut table or config.yaml, a COCO/MPII JSON, "
+                        "or a rendered set synthetic[:...] (scored on its test scenes)")
     parser.add_argument("--image-root", help="image folder for --data")
     parser.add_argument("--no-flip-test", action="store_true", help="evaluate without the flip test")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")

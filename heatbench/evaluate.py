@@ -5,20 +5,22 @@ keypoint names and the training settings, whose batch size the evaluation reuses
 scored on that run's validation data gives the run's numbers back. The data set must name the same
 keypoints in the same order. The checkpoint also carries its training set's mean pose, so the table starts
 with that baseline scored on these data and the row's ``vs_mean_pose``; ``train_vs_mean_pose`` stays blank
-(there are no training frames here). The output directory appears only once it is complete, like a run's.
+(there are no training frames here). A rendered set (``synthetic:...``) is scored on its test scenes, which
+``run`` never sees. The output directory appears only once it is complete, like a run's.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import floor, results
-from .data import load_dataset
-from .data.dataset import check_keypoint_names
-from .errors import HeatbenchError
+from .data import is_synthetic, load_dataset, load_synthetic, parse_synthetic
+from .data.dataset import KeypointDataset, check_keypoint_names
+from .errors import DataError, HeatbenchError
 from .report import made_by
 from .representation import build_representation
 from .exports import prediction_files
@@ -26,6 +28,18 @@ from .runner import (per_keypoint_rows, representation_columns, table_columns, w
                      write_files)
 from .train import (MEAN_POSE, MEAN_POSE_KEY, TrainConfig, build_model, evaluation_row, load_checkpoint,
                     mean_pose_scores, predict, resolve_device, score_predictions)
+
+
+def _scored_data(data: str, image_root: str | None) -> KeypointDataset:
+    """What ``evaluate`` scores: every instance of a file, or a rendered set's test scenes."""
+    if not is_synthetic(data):
+        return load_dataset(data, image_root)
+    if image_root is not None:
+        raise HeatbenchError(f"--image-root cannot be used with the rendered set {data}")
+    config = parse_synthetic(data)
+    if config.test == 0:
+        raise DataError(f"{data}: evaluate scores the rendered set's test scenes, and test=0 names none")
+    return load_synthetic(config, "test")
 
 
 def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_test: bool = True,
@@ -39,12 +53,13 @@ def evaluate(checkpoint: Path, data: str, image_root: str | None = None, flip_te
     if "keypoint_names" not in meta:
         raise HeatbenchError(f"{checkpoint}: written before checkpoints carried keypoint names; evaluate needs "
                              "them (train it again with this version)")
-    dataset = load_dataset(data, image_root)
+    dataset = _scored_data(data, image_root)
     check_keypoint_names(dataset, meta["keypoint_names"], checkpoint, "--data")
     representation = build_representation(meta["representation"], tuple(meta["input_size"]), meta["num_keypoints"],
                                           **meta["config"])
     config = dataclasses.replace(TrainConfig(**meta["train"]), flip_test=flip_test)
-    target = Path(out) if out is not None else Path("results") / f"{checkpoint.stem}_on_{dataset.name}"
+    target = Path(out) if out is not None else Path("results") / re.sub(r"[^\w.-]+", "-",
+                                                                         f"{checkpoint.stem}_on_{dataset.name}")
     device = resolve_device(device)
 
     model = build_model(representation, config)

@@ -168,7 +168,7 @@ def test_data_command_writes_a_grid_of_samples(tmp_path, capsys):
         assert grid.size == (4 * 64 * 3, 2 * 64 * 3)  # 4 columns, tiles enlarged 3x to 192 px
 
 
-def test_a_run_on_the_rendered_set_goes_through_the_harness(tmp_path):
+def test_a_run_on_the_rendered_set_goes_through_the_harness_and_evaluate_scores_its_test_scenes(tmp_path, capsys):
     argv = ["run", "--repr", "heatmap", "--res", "64", "--data", "synthetic:train=16,val=8", "--epochs", "1",
             "--batch-size", "8", "--quiet", "--out", str(tmp_path / "results"), "--name", "rendered",
             "--checkpoint-dir", str(tmp_path / "checkpoints")]
@@ -178,3 +178,18 @@ def test_a_run_on_the_rendered_set_goes_through_the_harness(tmp_path):
     assert record["data"]["train_instances"] == 16 and record["data"]["flip_test"]
     assert [row["representation"] for row in record["rows"]] == ["mean pose", "heatmap"]
     assert np.isfinite(record["rows"][1]["AP"]) and (tmp_path / "results" / "rendered" / "report.md").exists()
+    checkpoint = tmp_path / "checkpoints" / "rendered" / "heatmap_64x64_seed0.pt"
+    test_spec = "synthetic:train=16,val=8,test=6"
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--data", test_spec, "--out", str(tmp_path / "ev"), "--quiet"]
+    assert main(argv) == 0
+    scored = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert scored["data"]["name"] == parse_synthetic(test_spec).spec and scored["data"]["instances"] == 6
+    assert [row["representation"] for row in scored["rows"]] == ["mean pose", "heatmap"]
+    assert scored["rows"][1]["mean_error_input_px"] != record["rows"][1]["mean_error_input_px"]  # other scenes
+
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--data", "synthetic:test=0", "--out", str(tmp_path / "none")]
+    capsys.readouterr()
+    assert main(argv) == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and "test=0" in message and "test scenes" in message
+    assert not (tmp_path / "none").exists()

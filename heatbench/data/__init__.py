@@ -56,7 +56,7 @@ def load_dataset(spec: str | Path, image_root: str | Path | None = None) -> Keyp
         data = read_json(path)
         return parse_mpii(data, path, image_root) if is_mpii_records(data) else parse_coco(data, path, image_root)
     if is_synthetic(spec):
-        raise DataError(f"{spec}: a rendered set has fixed train / validation / test scenes; use it with `run` "
-                        "or `data` (in Python: load_synthetic)")
+        raise DataError(f"{spec}: a rendered set has fixed train / validation / test scenes; use it with `run`, "
+                        "`evaluate` (its test scenes) or `data` (in Python: load_synthetic)")
     raise DataError(f"{path}: unknown data format; expected 'default', a DeepLabCut .csv, .h5 or "
                     "config.yaml, or a COCO or MPII .json")
