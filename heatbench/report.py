@@ -340,14 +340,25 @@ def _cell(entry: Entry, key: str, spread: bool = True) -> str:
 
 
 def _not_learned(entries: list[Entry]) -> str:
-    """A warning naming every row whose error is over LEARNED_FRACTION of the mean pose's, or ""."""
-    failing = [f"{e.label} at {e.row['input']} ({e.row['vs_mean_pose']:.2f})" for e in entries
+    """A warning naming every row whose error is over LEARNED_FRACTION of the mean pose's, or "", and for each
+    whether its own training frames (``train_vs_mean_pose``) tell under-fitting from a failure to generalise."""
+    failing = [e for e in entries
                if not e.baseline and e.row.get("vs_mean_pose") is not None and e.row["vs_mean_pose"] > LEARNED_FRACTION]
     if not failing:
         return ""
+
+    def diagnosis(entry: Entry) -> str:
+        train = entry.row.get("train_vs_mean_pose")
+        if train is None:
+            return ""
+        verdict = "fits its training frames" if train <= LEARNED_FRACTION else "does not fit its training frames"
+        return f"; {verdict}, train {train:.2f}"
+
+    named = [f"{e.label} at {e.row['input']} ({e.row['vs_mean_pose']:.2f}{diagnosis(e)})" for e in failing]
     return (f"**Warning: {len(failing)} row(s) did not reach {LEARNED_FRACTION:.2g} of the mean-pose error**, the bar "
-            "for a model that learned from the image: " + ", ".join(failing) + ". Read their numbers as a failure "
-            "to train, not as the method's accuracy.\n\n")
+            "for a model that learned from the image: " + ", ".join(named) + ". Read their numbers as a failure "
+            "to learn these data, not as the method's accuracy: a row that fits its training frames and misses "
+            "the bar on validation fails to generalise from them, a row that fits neither is under-trained.\n\n")
 
 
 def _results_table(entries: list[Entry]) -> str:

@@ -164,6 +164,16 @@ def write_files(directory: Path, files: dict[str, str]) -> None:
         (directory / relative).write_text(text)
 
 
+def settings_notes(record: dict, seed_rows: list[dict]) -> str:
+    """The table's notes on what each trained representation x input size ran with: its resolved config (the
+    defaults for that size, with any ``--set``), since several defaults change with the input size."""
+    trained = dict.fromkeys(f"{row['representation']}@{row['input']}" for row in seed_rows)
+    configs = {key: record["representations"][key]["config"] for key in trained}
+    lines = [f"- {key}: " + ", ".join(f"{name}={value}" for name, value in config.items())
+             for key, config in configs.items()]
+    return "Settings:\n\n" + "\n".join(lines) + "\n\n" if lines else ""
+
+
 def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[str, np.ndarray],
               baseline_arrays: dict[str, np.ndarray], files: dict[str, str]) -> str:
     """Write a complete run directory atomically (results.json, predictions.npz, baselines.npz, table.md,
@@ -182,7 +192,7 @@ def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[st
     preface = (f"# {record['run']}\n\n{made_by(record)} Data: {record['data']['name']}, "
                f"{record['data']['train_instances']} train / "
                f"{record['data']['val_instances']} val instances; errors over labelled keypoints; PCK relative "
-               f"to the box size; seeds {seeds}, mean ± sample std.\n\n")
+               f"to the box size; seeds {seeds}, mean ± sample std.\n\n" + settings_notes(record, seed_rows))
     with results.atomic_directory(target) as staging:
         results.write_json(staging / "results.json", record)
         np.savez_compressed(staging / results.PREDICTIONS, **arrays)

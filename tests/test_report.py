@@ -65,6 +65,12 @@ def test_table_has_one_row_per_representation_and_input(report):
     assert all("±" in row[3] for row in rows[1:])  # two seeds: the mean error carries its spread
 
 
+def test_table_notes_state_each_rows_settings_at_its_input_size(run_dir):
+    notes = (run_dir / "table.md").read_text().split("| representation", 1)[0]
+    assert "- heatmap@64x64: " in notes and "decoder=" in notes
+    assert "- simcc@64x64: label=onehot, split_ratio=3.0," in notes  # the 64x64 default, not the class's
+
+
 def test_report_states_data_schedule_device_commit_and_command(run_dir, report):
     record = json.loads((run_dir / "results.json").read_text())
     provenance = _section(report.read_text(), "Where these numbers come from")
@@ -167,9 +173,12 @@ def test_rows_over_a_third_of_the_mean_pose_error_are_named_in_a_warning_above_t
     for row in record["rows"]:
         if row["representation"] == "heatmap":
             row["vs_mean_pose"] = 0.2
+        if row["representation"] == "simcc":
+            row["vs_mean_pose"], row["train_vs_mean_pose"] = 0.45, 0.25
     (learned / "results.json").write_text(json.dumps(record))
     warning = _section(write_report([learned], tmp_path / "edited").read_text(), "Results").split("|", 1)[0]
-    assert "simcc at 64x64" in warning and "heatmap" not in warning
+    assert "simcc at 64x64 (0.45; fits its training frames, train 0.25)" in warning and "heatmap" not in warning
+    assert "does not fit" in _section(write_report([run_dir], tmp_path / "again").read_text(), "Results")
 
 
 def test_learning_curves_hold_one_point_per_validation_for_every_seed(run_dir):
