@@ -356,9 +356,10 @@ def _not_learned(entries: list[Entry]) -> str:
 
     named = [f"{e.label} at {e.row['input']} ({e.row['vs_mean_pose']:.2f}{diagnosis(e)})" for e in failing]
     return (f"**Warning: {len(failing)} row(s) did not reach {LEARNED_FRACTION:.2g} of the mean-pose error**, the bar "
-            "for a model that learned from the image: " + ", ".join(named) + ". Read their numbers as a failure "
-            "to learn these data, not as the method's accuracy: a row that fits its training frames and misses "
-            "the bar on validation fails to generalise from them, a row that fits neither is under-trained.\n\n")
+            "for a model that learned from the image: " + ", ".join(named) + ". A row that fits its training "
+            "frames and misses the bar on validation fails to generalise from them; one that fits neither is "
+            "under-trained. Either way its accuracy is not yet a measure of the representation: find the cause "
+            "before comparing it.\n\n")
 
 
 def _results_table(entries: list[Entry]) -> str:
