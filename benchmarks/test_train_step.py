@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from heatbench import available_representations, build_representation
+from heatbench.optim import adam
 from heatbench.train import TrainConfig, build_model
 
 BATCH, KEYPOINTS, FEATURES, STRIDE = 8, 17, 256, 4  # FEATURES and STRIDE: the shared backbone's neck output
@@ -85,7 +86,7 @@ def test_train_step(benchmark, name, size):
     height, width = SIZES[size]
     model = build_model(representation, TrainConfig()).train()
     images = torch.randn(BATCH, 3, height, width, generator=torch.Generator().manual_seed(0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = adam(model.parameters(), 1e-3)
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)

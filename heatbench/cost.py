@@ -43,6 +43,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models.pose_model import PoseModel, count_parameters
+from .optim import adam
 from .representation import Representation
 
 SEED = 0
@@ -216,7 +217,7 @@ def measure_train_step(
     device = torch.device(device)
     images, keypoints, visible = _synthetic_batch(representation, input_size, device, batch)
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = adam(model.parameters(), 1e-3)
 
     def forward_loss() -> torch.Tensor:
         return representation.loss(model(images), representation.encode(keypoints, visible))

@@ -39,6 +39,7 @@ from .errors import HeatbenchError
 from .metrics import decoding_agreement, evaluate_predictions, mean_error, per_keypoint_metrics
 from .models.pose_model import PoseModel
 from .models.resnet import build_backbone
+from .optim import adam
 from .representation import Representation, map_tensors
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
         raise HeatbenchError(f"{train_set.source}: the training split is empty")
     sampler = GlobalBatchSampler(len(data), config.batch_size, seed, context)
     loader = _loader(data, config, device, batch_sampler=sampler)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = adam(model.parameters(), config.lr)
     milestones = sorted({max(1, round(f * config.epochs)) for f in config.lr_step_fractions})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_factor)
     start_epoch, earlier_seconds, earlier_losses, curve = 0, 0.0, [], []
