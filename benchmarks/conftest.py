@@ -1,5 +1,5 @@
-"""The benchmarks measure with the allocator settings of ``benchmarks/allocator.py``, made here, before torch's
-first allocation (no conftest that pytest loads for ``pytest benchmarks`` imports torch earlier)."""
-from benchmarks import allocator
+"""The benchmarks measure with the allocator settings that heatbench's command line runs with
+(``heatbench/allocator.py``), made here, before torch's first allocation (importing heatbench makes none)."""
+from heatbench import allocator
 
 allocator.configure()

@@ -1,14 +1,14 @@
 """Every registered representation's share of training and inference, timed piece by piece on the CPU.
 
-For each representation at 64x64 and 256x192, batch B = 8, K = 17, four benchmarks, so that a regression
-shows as a ratio against a stored baseline:
+For each representation at 64x64 and 256x192, batch B = 8 (the train step: the batch ``run`` trains with),
+K = 17, four benchmarks, so that a regression shows as a ratio against a stored baseline:
 
 - ``encode``: (B, K, 2) keypoints -> training targets;
 - ``loss_backward``: head forward on fixed (B, 256, H/4, W/4) backbone features, loss, backward (the loss of
   some representations queries the head, as NerPE's does, so loss and head cannot be timed apart);
 - ``decode``: the head's outputs -> (B, K, 2) keypoints, in eval and inference mode;
-- ``train_step``: one full step of the model ``run`` trains (ResNet-18, neck and head): encode, forward, loss,
-  backward, Adam, as in ``heatbench.cost.measure_train_step``.
+- ``train_step``: one full step of the model ``run`` trains (ResNet-18, neck and head) at
+  ``TrainConfig.batch_size``: encode, forward, loss, backward, Adam, as in ``heatbench.cost.measure_train_step``.
 
 Weights and inputs are random and seeded; no cost measured here depends on their values. The first three
 are calibrated by pytest-benchmark (at least 5 rounds); the train step runs a fixed number of rounds after
@@ -35,16 +35,16 @@ parametrize_cases = pytest.mark.parametrize(
     ("name", "size"), [(name, size) for name in available_representations() for size in SIZES])
 
 
-def _case(name: str, size: str):
+def _case(name: str, size: str, batch: int = BATCH):
     """(representation, head, features (B, 256, H/4, W/4), keypoints (B, K, 2) in the input, visible (B, K))."""
     representation = build_representation(name, SIZES[size], KEYPOINTS)
     height, width = SIZES[size]
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)  # the head's initialisation draws from the global generator
     head = representation.build_head(FEATURES, STRIDE)
-    features = torch.randn(BATCH, FEATURES, height // STRIDE, width // STRIDE, generator=generator)
-    keypoints = torch.rand(BATCH, KEYPOINTS, 2, generator=generator) * torch.tensor([width, height])
-    return representation, head, features, keypoints, torch.ones(BATCH, KEYPOINTS)
+    features = torch.randn(batch, FEATURES, height // STRIDE, width // STRIDE, generator=generator)
+    keypoints = torch.rand(batch, KEYPOINTS, 2, generator=generator) * torch.tensor([width, height])
+    return representation, head, features, keypoints, torch.ones(batch, KEYPOINTS)
 
 
 @parametrize_cases
@@ -82,10 +82,11 @@ def test_decode(benchmark, name, size):
 
 @parametrize_cases
 def test_train_step(benchmark, name, size):
-    representation, _, _, keypoints, visible = _case(name, size)
+    config = TrainConfig()
+    representation, _, _, keypoints, visible = _case(name, size, config.batch_size)
     height, width = SIZES[size]
-    model = build_model(representation, TrainConfig()).train()
-    images = torch.randn(BATCH, 3, height, width, generator=torch.Generator().manual_seed(0))
+    model = build_model(representation, config).train()
+    images = torch.randn(config.batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
     optimizer = adam(model.parameters(), 1e-3)
 
     def step() -> torch.Tensor:
@@ -95,6 +96,6 @@ def test_train_step(benchmark, name, size):
         optimizer.step()
         return loss
 
-    benchmark.extra_info.update(batch=BATCH, keypoints=KEYPOINTS, backbone="resnet18")
+    benchmark.extra_info.update(batch=config.batch_size, keypoints=KEYPOINTS, backbone="resnet18")
     loss = benchmark.pedantic(step, rounds=TRAIN_ROUNDS[size], warmup_rounds=1, iterations=1)
     assert torch.isfinite(loss)

@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import registry
+from . import allocator, registry
 from .errors import HeatbenchError
 from .parsing import parse_overrides, parse_resolutions
 from .representation import ConfigError
@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("numexpr").setLevel(logging.WARNING)  # pandas imports it (PyTables needs it); it logs its threads
+    allocator.configure()  # this process is heatbench's own; importing heatbench configures nothing
     handlers = {"run": _run, "list": _list, "floor": _floor, "merge": _merge, "report": _report, "heatmap": _heatmap,
                 "profile": _profile, "evaluate": _evaluate, "data": _data}
     try:

@@ -1,4 +1,4 @@
-"""Specification of the allocator settings the benchmarks run with (benchmarks/allocator.py)."""
+"""Specification of the allocator settings that the command line and the benchmarks run with (heatbench/allocator.py)."""
 import os
 import subprocess
 import sys
@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import allocator
+from heatbench import allocator
 
 ON_GLIBC = allocator._running_on_glibc()
 
 # Whether a fresh (256, 17, 16, 16) float batch (4.5 MB: what the 64x64 codec benchmark encodes) lies in the
 # heap after a few have been freed: reused heap memory is not faulted in again, a fresh mapping is.
 FRESH_BATCH_IS_IN_THE_HEAP = """
-from benchmarks import allocator
+from heatbench import allocator
 allocator.configure()
 import torch
 for _ in range(3):
@@ -57,3 +57,39 @@ def test_fresh_mid_sized_batches_reuse_the_heap_instead_of_new_mappings():
     # A user setting (here one that changes nothing) makes heatbench leave glibc's thresholds alone.
     assert not fresh_batch_is_in_the_heap(GLIBC_TUNABLES="glibc.malloc.check=0")
     assert fresh_batch_is_in_the_heap()
+
+
+THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+# A fresh interpreter that imports heatbench, as `python -m heatbench` does, runs one command or none, then
+# allocates a 4 MiB tensor and prints whether the kernel may back its mapping with huge pages (smaps'
+# THPeligible: under the usual "madvise" mode, only when PyTorch's huge-page setting asked for it).
+HUGE_PAGES_AFTER = """
+import sys
+import torch
+import heatbench.cli
+if sys.argv[1:]:
+    heatbench.cli.main(sys.argv[1:])
+tensor = torch.empty(1 << 20)  # kept alive: freeing it unmaps it
+address = tensor.data_ptr()
+lines = open("/proc/self/smaps").read().splitlines()
+starts = [i for i, line in enumerate(lines) if not line.split()[0].endswith(":")]
+for i, j in zip(starts, starts[1:] + [len(lines)]):
+    low, high = (int(bound, 16) for bound in lines[i].split()[0].split("-"))
+    if low <= address < high:
+        print(any(line.split() == ["THPeligible:", "1"] for line in lines[i:j]))
+"""
+
+
+def huge_pages_after(*command: str) -> bool:
+    clean = {name: value for name, value in os.environ.items() if name != "THP_MEM_ALLOC_ENABLE"}
+    result = subprocess.run([sys.executable, "-c", HUGE_PAGES_AFTER, *command], env=clean,
+                            capture_output=True, text=True, check=True)
+    return result.stdout.strip().splitlines()[-1] == "True"
+
+
+@pytest.mark.skipif(not THP_MODE.exists() or "[madvise]" not in THP_MODE.read_text(),
+                    reason="needs Linux transparent huge pages in madvise mode")
+def test_the_command_line_runs_with_huge_pages_that_importing_heatbench_leaves_off():
+    assert not huge_pages_after()
+    assert huge_pages_after("list")
