@@ -131,6 +131,18 @@ def test_keypoints_stay_labelled_where_occluded_and_poses_vary_widely():
     assert baseline["mean_error_input_px"] > 8  # a poor guess: the mirror-mouse set's is 5.3 px
 
 
+def test_clutter_comes_and_goes_without_moving_the_figure():
+    plain = dataclasses.replace(SMALL, distractors=0.0, occluders=0.0)
+    default, bare = load_synthetic(SMALL, "val"), load_synthetic(plain, "val")
+    np.testing.assert_array_equal(bare.keypoints, default.keypoints)
+    images, _, _, _ = _batch(TopDownDataset(default, (64, 64), train=False))
+    bare_images, _, _, _ = _batch(TopDownDataset(bare, (64, 64), train=False))
+    changed = (images - bare_images).abs().amax(dim=1) > 1e-4  # (B, H, W) pixels the clutter covers
+    assert 0.02 < changed.float().mean() < 0.5  # clutter covers part of each scene, the figure stays where it was
+    # with no occluders only the body itself hides keypoints
+    assert bare.renderer.occluded(bare.image_ids).mean() < default.renderer.occluded(default.image_ids).mean()
+
+
 def test_subset_keeps_the_crops_and_the_renderer():
     dataset = load_synthetic(SMALL, "train")
     part = dataset.subset([3, 1])
@@ -143,7 +155,8 @@ def test_the_spec_syntax_and_its_errors_name_the_field():
     assert parse_synthetic("synthetic:seed=3, train=50,blur=0.01") == SyntheticConfig(train=50, seed=3, blur=0.01)
     assert parse_synthetic(SyntheticConfig(noise=0.05).spec) == SyntheticConfig(noise=0.05)
     for spec, field in (("synthetic:train=abc", "train"), ("synthetic:val=0", "val"), ("synthetic:size=4", "size"),
-                        ("synthetic:noise=-1", "noise"), ("synthetic:seed", "seed")):
+                        ("synthetic:noise=-1", "noise"), ("synthetic:seed", "seed"),
+                        ("synthetic:distractors=1.5", "distractors")):
         with pytest.raises(DataError, match=field) as error:
             parse_synthetic(spec)
         assert "\n" not in str(error.value) and str(error.value).startswith(spec)

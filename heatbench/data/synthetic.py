@@ -36,8 +36,9 @@ on (the training device, CUDA included): every (pixel, capsule) distance, covera
 matrix product or an in-place op over the whole batch; Python loops run only over memory-sized blocks of
 pixels and over the 30 capsule slots when compositing. ``benchmarks/test_synthetic_rendering.py`` measures it.
 
-**Defaults** (``SyntheticConfig``): 10,000 training, 1,000 validation and 1,000 test scenes, seed 0, no blur,
-no noise. Everything else is a constant below; each range is ours, chosen to look like people in COCO crops
+**Defaults** (``SyntheticConfig``): 10,000 training, 1,000 validation and 1,000 test scenes, seed 0, each of
+the ten distractor slots filled with probability 0.7 and each of the two occluder slots with 0.35, no blur, no
+noise. Everything else is a constant below; each range is ours, chosen to look like people in COCO crops
 while keeping the mean pose a poor guess.
 """
 from __future__ import annotations
@@ -74,7 +75,6 @@ LEG_ABDUCTION_RANGE = (math.radians(-10), math.radians(40))
 KNEE_RANGE = (0.0, math.radians(130))
 
 DISTRACTORS, OCCLUDERS = 10, 2
-DISTRACTOR_PROB, OCCLUDER_PROB = 0.7, 0.35   # each slot is filled with this probability
 CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**26}  # pixel x capsule pairs rendered at once: bounds the temporaries
 
 # Keypoint indices in COCO order, and the figure's extra points after them
@@ -102,7 +102,7 @@ DEPTH_BIAS = {"spine": 0.05, "shoulders": 0.05, "hips": 0.05, "head": 0.02}
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """The rendered set: scenes per split, the seed, and the optional blur and noise."""
+    """The rendered set: scenes per split, the seed, the clutter, and the optional blur and noise."""
 
     train: int = 10_000
     val: int = 1_000
@@ -110,6 +110,10 @@ class SyntheticConfig:
     seed: int = 0
     blur: float = 0.0   # Gaussian blur std as a fraction of the crop side (0.01: 0.64 px at 64x64)
     noise: float = 0.0  # std of additive Gaussian noise on colours in [0, 1]
+    # Probability that each of the DISTRACTORS (OCCLUDERS) slots is filled. Every slot is drawn whatever its
+    # probability, so that changing it keeps each scene's figure, pose and colours and only adds or removes clutter.
+    distractors: float = 0.7
+    occluders: float = 0.35
 
     def __post_init__(self):
         for name in SPLITS:
@@ -121,6 +125,9 @@ class SyntheticConfig:
         for name in ("blur", "noise"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise DataError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        for name in ("distractors", "occluders"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise DataError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
 
     @property
     def spec(self) -> str:
@@ -134,8 +141,8 @@ def is_synthetic(spec) -> bool:
 
 
 def parse_synthetic(spec: str) -> SyntheticConfig:
-    """``synthetic`` (the defaults) or ``synthetic:train=N,val=N,test=N,seed=N,blur=F,noise=F``, any subset of
-    the fields in any order. A bad field is a DataError naming it."""
+    """``synthetic`` (the defaults) or ``synthetic:train=N,val=N,test=N,seed=N,blur=F,noise=F,distractors=P,
+    occluders=P``, any subset of the fields in any order. A bad field is a DataError naming it."""
     name, _, options = str(spec).partition(":")
     if name != SYNTHETIC:
         raise DataError(f"{spec}: not a rendered set; expected {SYNTHETIC}[:FIELD=VALUE,...]")
@@ -442,10 +449,10 @@ class SceneRenderer:
         keypoint = (draws.uniform(OCCLUDERS) * len(COCO_NAMES)).long().clamp(max=len(COCO_NAMES) - 1)
         occluders = _loose_capsules(draws, OCCLUDERS, points.gather(1, keypoint[..., None].expand(-1, -1, 2)),
                                     0.05 * SCENE_SIZE, (0.0, 0.25 * SCENE_SIZE), (0.03 * SCENE_SIZE, 0.08 * SCENE_SIZE),
-                                    OCCLUDER_PROB)
+                                    self.config.occluders)
         distractors = _loose_capsules(draws, DISTRACTORS, torch.full((1, 1, 2), SCENE_SIZE / 2, device=device),
                                       0.8 * SCENE_SIZE, (0.0, 0.35 * SCENE_SIZE),
-                                      (0.01 * SCENE_SIZE, 0.07 * SCENE_SIZE), DISTRACTOR_PROB)
+                                      (0.01 * SCENE_SIZE, 0.07 * SCENE_SIZE), self.config.distractors)
         capsules = Capsules(*(torch.cat([getattr(part, field.name) for part in (occluders, figure, distractors)], 1)
                               for field in dataclasses.fields(Capsules)))
         # front to back: occluders, the figure by depth, distractors
