@@ -50,6 +50,10 @@ FEW_IMAGES = 20
 # A row whose error is over this fraction of the mean-pose baseline's is flagged as not learned (ours: a model
 # that reads the image should beat "every keypoint at its mean position" by a wide margin).
 LEARNED_FRACTION = 1 / 3
+# A row whose validation error still fell by more than this share over the last fifth of training had not
+# converged when its schedule ended (ours: just above the scatter between the last points of the converged
+# curves on the default data, a few per cent).
+STILL_FALLING = 0.1
 RESAMPLES = 2000  # each end of the interval then moves by ~1.5% of its width from one bootstrap seed to another
 
 # figure file -> (title, caption) in report.md
@@ -362,10 +366,22 @@ def _not_learned(entries: list[Entry]) -> str:
             "before comparing it.\n\n")
 
 
+def _still_falling(entries: list[Entry]) -> str:
+    """A warning naming every row whose validation error fell by more than STILL_FALLING over the last fifth
+    of training (``last_fifth_change``), or ""."""
+    falling = [e for e in entries if (e.row.get("last_fifth_change") or 0) < -STILL_FALLING]
+    if not falling:
+        return ""
+    named = [f"{e.label} at {e.row['input']} ({e.row['last_fifth_change']:+.0%})" for e in falling]
+    return (f"**Warning: {len(falling)} row(s) were still learning when training ended**: their validation error "
+            f"fell by more than {STILL_FALLING:.0%} over the last fifth of the schedule: " + ", ".join(named)
+            + ". Their numbers are the schedule's, not yet the representation's: train them longer.\n\n")
+
+
 def _results_table(entries: list[Entry]) -> str:
     rows = [{"representation": e.label, "input (HxW)": e.row["input"], "seeds": len(e.row["seeds"]),
              "mean err (input px)": _cell(e, "mean_error_input_px"), "vs mean pose": _cell(e, "vs_mean_pose"),
-             "PCK@0.1": _cell(e, "pck@0.1"),
+             "val change, last fifth": _cell(e, "last_fifth_change"), "PCK@0.1": _cell(e, "pck@0.1"),
              "AP": _cell(e, "AP"), "floor (input px)": _cell(e, "floor_px", spread=False),
              "GFLOPs/img": _cell(e, "inference_gflops", spread=False), "infer ms/img": _cell(e, "inference_ms")}
             for e in sorted(entries, key=lambda e: _by_area(e.size))]
@@ -494,7 +510,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, real_dirs: list[Path] = ()
         "network input; PCK@0.1 counts keypoints within 0.1 x the instance's box size; AP is OKS AP "
         f"({runs[0].record['data']['oks_sigmas']}); floor is the error of decode(ideal outputs) for interior "
         "keypoints; GFLOPs and ms are per image at batch 1 on the run's device. Mean ± sample std over seeds.\n\n"
-        + _not_learned(entries) + _results_table(entries) + "\n\n"
+        + _not_learned(entries) + _still_falling(entries) + _results_table(entries) + "\n\n"
         "## Figures\n\n" + sections
         + "## Paired comparisons\n\n" + _comparisons(entries, evaluation["image_ids"], evaluation["visible"])
     )

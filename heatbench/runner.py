@@ -43,6 +43,7 @@ TABLE_COLUMNS = {
     "mean_error_input_px": "mean err (input px)",
     "vs_mean_pose": "vs mean pose",
     "train_vs_mean_pose": "train vs mean pose",
+    "last_fifth_change": "val change, last fifth",
     "pck@0.1": "PCK@0.1",
     "AP": "AP",
     "floor_px": "floor (input px)",
@@ -109,8 +110,22 @@ def _aggregate(rows: list[dict]) -> dict:
     return merged
 
 
+LAST_FIFTH = 0.8  # the last fifth of training starts at this share of its optimizer steps
+
+
+def last_fifth_change(curve: list[dict], steps: int) -> float | None:
+    """The relative change of the validation error over the last fifth of training, last point over first
+    among the learning-curve points from 4/5 of ``steps`` on, minus 1 (negative: still falling); None with
+    fewer than two such points."""
+    errors = [point["mean_error_input_px"] for point in curve if point["step"] >= LAST_FIFTH * steps]
+    return errors[-1] / errors[0] - 1 if len(errors) >= 2 and errors[0] > 0 else None
+
+
 def table_rows(seed_rows: list[dict]) -> list[dict]:
-    """Aggregate per-seed rows into one row per representation x input, in first-seen order."""
+    """Aggregate per-seed rows into one row per representation x input, in first-seen order; each seed's
+    ``last_fifth_change`` is derived from its learning curve first."""
+    seed_rows = [{**row, "last_fifth_change": last_fifth_change(row["curve"], row["train_steps"])}
+                 if "curve" in row else row for row in seed_rows]
     groups = dict.fromkeys((row["representation"], row["input"]) for row in seed_rows)
     return [_aggregate([row for row in seed_rows if (row["representation"], row["input"]) == group])
             for group in groups]

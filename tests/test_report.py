@@ -11,6 +11,7 @@ import pytest
 from heatbench.cli import main
 from heatbench.errors import HeatbenchError
 from heatbench.report import FIGURES, REPORT, Entry, _comparisons, write_report
+from heatbench.runner import last_fifth_change
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_FILES = ("results.json", "predictions.npz", "baselines.npz", "table.md", "table.csv", "per_keypoint.csv",
@@ -179,6 +180,27 @@ def test_rows_over_a_third_of_the_mean_pose_error_are_named_in_a_warning_above_t
     warning = _section(write_report([learned], tmp_path / "edited").read_text(), "Results").split("|", 1)[0]
     assert "simcc at 64x64 (0.45; fits its training frames, train 0.25)" in warning and "heatmap" not in warning
     assert "does not fit" in _section(write_report([run_dir], tmp_path / "again").read_text(), "Results")
+
+
+def test_the_last_fifth_change_reads_the_curve_from_four_fifths_of_the_steps_on():
+    curve = [{"step": step, "mean_error_input_px": error} for step, error in ((60, 9.0), (70, 4.0), (80, 2.0),
+                                                                             (90, 1.9), (100, 1.5))]
+    assert last_fifth_change(curve, 100) == pytest.approx(1.5 / 2.0 - 1)
+    assert last_fifth_change(curve[:4], 100) == pytest.approx(1.9 / 2.0 - 1)
+    assert last_fifth_change(curve[:3], 100) is None  # one point in the last fifth says nothing of its slope
+
+
+def test_rows_still_falling_over_the_last_fifth_are_named_in_a_warning_above_the_table(run_dir, tmp_path):
+    record = json.loads((run_dir / "results.json").read_text())
+    assert "val change, last fifth" in (run_dir / "table.md").read_text()
+    assert "were still learning" not in _section(write_report([run_dir], tmp_path / "as-run").read_text(), "Results")
+    for row in record["rows"]:
+        row["last_fifth_change"] = {"heatmap": -0.3, "simcc": -0.05}.get(row["representation"])
+    edited = shutil.copytree(run_dir, tmp_path / "edited-run")
+    (edited / "results.json").write_text(json.dumps(record))
+    above_table = _section(write_report([edited], tmp_path / "edited").read_text(), "Results").split("|", 1)[0]
+    warning = next(paragraph for paragraph in above_table.split("\n\n") if "were still learning" in paragraph)
+    assert "heatmap at 64x64 (-30%)" in warning and "simcc" not in warning
 
 
 def test_learning_curves_hold_one_point_per_validation_for_every_seed(run_dir):
