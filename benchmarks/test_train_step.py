@@ -10,6 +10,10 @@ K = 17, four benchmarks, so that a regression shows as a ratio against a stored 
 - ``train_step``: one full step of the model ``run`` trains (ResNet-18, neck and head) at
   ``TrainConfig.batch_size``: encode, forward, loss, backward, Adam, as in ``heatbench.cost.measure_train_step``.
 
+and, for the heatmap, SimCC and NerPE at 32x32 and 64x64, the train step against the same step with the 1x1
+and 2x2 maps of C5 and the neck convolved by oneDNN instead of as one matrix product
+(``heatbench.models.resnet.SmallMapConv2d`` and ``SmallMapConvTranspose2d``).
+
 Weights and inputs are random and seeded; no cost measured here depends on their values. The first three
 are calibrated by pytest-benchmark (at least 5 rounds); the train step runs a fixed number of rounds after
 one warm-up round that also allocates Adam's state, 2 at 256x192, where a step takes seconds on 2 cores.
@@ -20,10 +24,15 @@ one warm-up round that also allocates Adam's state, 2 at 256x192, where a step t
 """
 from __future__ import annotations
 
+import statistics
+import time
+
 import pytest
 import torch
 
 from heatbench import available_representations, build_representation
+from heatbench.models import resnet
+from heatbench.models.resnet import SMALL_MAP_POSITIONS
 from heatbench.optim import adam
 from heatbench.train import TrainConfig, build_model
 
@@ -35,16 +44,16 @@ parametrize_cases = pytest.mark.parametrize(
     ("name", "size"), [(name, size) for name in available_representations() for size in SIZES])
 
 
-def _case(name: str, size: str, batch: int = BATCH):
+def _case(name: str, size: str):
     """(representation, head, features (B, 256, H/4, W/4), keypoints (B, K, 2) in the input, visible (B, K))."""
     representation = build_representation(name, SIZES[size], KEYPOINTS)
     height, width = SIZES[size]
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)  # the head's initialisation draws from the global generator
     head = representation.build_head(FEATURES, STRIDE)
-    features = torch.randn(batch, FEATURES, height // STRIDE, width // STRIDE, generator=generator)
-    keypoints = torch.rand(batch, KEYPOINTS, 2, generator=generator) * torch.tensor([width, height])
-    return representation, head, features, keypoints, torch.ones(batch, KEYPOINTS)
+    features = torch.randn(BATCH, FEATURES, height // STRIDE, width // STRIDE, generator=generator)
+    keypoints = torch.rand(BATCH, KEYPOINTS, 2, generator=generator) * torch.tensor([width, height])
+    return representation, head, features, keypoints, torch.ones(BATCH, KEYPOINTS)
 
 
 @parametrize_cases
@@ -80,13 +89,17 @@ def test_decode(benchmark, name, size):
     assert coords.shape == (BATCH, KEYPOINTS, 2)
 
 
-@parametrize_cases
-def test_train_step(benchmark, name, size):
+def _train_step(name: str, height: int, width: int):
+    """One training step of ``run``'s model (a fresh one, seeded) at ``TrainConfig.batch_size``: encode, forward,
+    loss, backward, Adam; returns the loss."""
     config = TrainConfig()
-    representation, _, _, keypoints, visible = _case(name, size, config.batch_size)
-    height, width = SIZES[size]
+    representation = build_representation(name, (height, width), KEYPOINTS)
+    generator = torch.Generator().manual_seed(0)
+    keypoints = torch.rand(config.batch_size, KEYPOINTS, 2, generator=generator) * torch.tensor([width, height])
+    visible = torch.ones(config.batch_size, KEYPOINTS)
+    images = torch.randn(config.batch_size, 3, height, width, generator=generator)
+    torch.manual_seed(0)
     model = build_model(representation, config).train()
-    images = torch.randn(config.batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
     optimizer = adam(model.parameters(), 1e-3)
 
     def step() -> torch.Tensor:
@@ -96,6 +109,38 @@ def test_train_step(benchmark, name, size):
         optimizer.step()
         return loss
 
-    benchmark.extra_info.update(batch=config.batch_size, keypoints=KEYPOINTS, backbone="resnet18")
+    return step
+
+
+@parametrize_cases
+def test_train_step(benchmark, name, size):
+    step = _train_step(name, *SIZES[size])
+    benchmark.extra_info.update(batch=TrainConfig().batch_size, keypoints=KEYPOINTS, backbone="resnet18")
     loss = benchmark.pedantic(step, rounds=TRAIN_ROUNDS[size], warmup_rounds=1, iterations=1)
     assert torch.isfinite(loss)
+
+
+SMALL_MAP_SIZES = {"32x32": (32, 32), "64x64": (64, 64)}  # C5 is 1x1 and 2x2
+SMALL_MAP_ALTERNATIONS = 12
+
+
+@pytest.mark.parametrize("name", ["heatmap", "simcc", "nerpe"])
+@pytest.mark.parametrize("size", SMALL_MAP_SIZES)
+def test_train_step_with_small_maps_as_one_matrix_product(benchmark, monkeypatch, name, size):
+    """The train step with its small maps convolved as one matrix product (``SmallMapConv2d``, timed), and its
+    median time over the same step through oneDNN's convolution (``SMALL_MAP_POSITIONS = 0``) in
+    ``extra_info["time_vs_onednn"]``: two models from one seed, stepped in alternation in this run, so that
+    the machine's drift falls on both alike."""
+    steps = {"matmul": _train_step(name, *SMALL_MAP_SIZES[size]), "onednn": _train_step(name, *SMALL_MAP_SIZES[size])}
+    times = {path: [] for path in steps}
+    for _ in range(SMALL_MAP_ALTERNATIONS):
+        for path, step in steps.items():
+            monkeypatch.setattr(resnet, "SMALL_MAP_POSITIONS", 0 if path == "onednn" else SMALL_MAP_POSITIONS)
+            started = time.perf_counter()
+            step()
+            times[path].append(time.perf_counter() - started)
+    ratio = statistics.median(times["matmul"][2:]) / statistics.median(times["onednn"][2:])  # after 2 warm-ups
+    monkeypatch.setattr(resnet, "SMALL_MAP_POSITIONS", SMALL_MAP_POSITIONS)
+    benchmark.extra_info.update(batch=TrainConfig().batch_size, time_vs_onednn=ratio)
+    print(f"\n{name} {size}: train step with small maps as one matrix product / through oneDNN = {ratio:.2f}")
+    assert torch.isfinite(benchmark.pedantic(steps["matmul"], rounds=3, warmup_rounds=0, iterations=1))

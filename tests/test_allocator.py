@@ -93,3 +93,41 @@ def huge_pages_after(*command: str) -> bool:
 def test_the_command_line_runs_with_huge_pages_that_importing_heatbench_leaves_off():
     assert not huge_pages_after()
     assert huge_pages_after("list")
+
+
+# Two NerPE training steps at 64x64 (the largest fresh tensors a default run allocates per step), then every
+# trained parameter's bytes, hashed; with the allocator settings made (argument "configure") or not.
+TRAINED_PARAMETERS_HASH = """
+import hashlib, sys
+from heatbench import allocator
+if sys.argv[1] == "configure":
+    allocator.configure()
+import torch
+from heatbench import build_representation
+from heatbench.optim import adam
+from heatbench.train import TrainConfig, build_model
+torch.set_num_threads(1)
+representation = build_representation("nerpe", (64, 64), 17)
+torch.manual_seed(0)
+model = build_model(representation, TrainConfig())
+optimizer = adam(model.parameters(), 1e-3)
+images = torch.randn(4, 3, 64, 64)
+keypoints, visible = torch.rand(4, 17, 2) * 64, torch.ones(4, 17)
+for _ in range(2):
+    optimizer.zero_grad()
+    representation.loss(model(images), representation.encode(keypoints, visible)).backward()
+    optimizer.step()
+print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
+"""
+
+
+def trained_parameters_hash(mode: str, **environ: str) -> str:
+    clean = {name: value for name, value in os.environ.items()
+             if name not in allocator.USER_MALLOC_SETTINGS and name != "THP_MEM_ALLOC_ENABLE"}
+    result = subprocess.run([sys.executable, "-c", TRAINED_PARAMETERS_HASH, mode], env={**clean, **environ},
+                            cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_the_allocator_settings_change_no_trained_value():
+    assert trained_parameters_hash("configure") == trained_parameters_hash("leave", THP_MEM_ALLOC_ENABLE="0")

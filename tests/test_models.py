@@ -9,7 +9,8 @@ from torch import nn
 
 from heatbench.errors import HeatbenchError
 from heatbench.models.pose_model import PoseModel, count_parameters
-from heatbench.models.resnet import ResNet, build_backbone, check_input_size
+from heatbench.models.resnet import (ResNet, SmallMapConv2d, SmallMapConvTranspose2d, build_backbone,
+                                    check_input_size, deconv_neck)
 
 # Names and shapes copied from torchvision's resnet18().state_dict() / resnet50().state_dict().
 TORCHVISION_RESNET18_KEYS = {
@@ -176,3 +177,50 @@ def test_gradients_reach_the_first_convolution():
     model = PoseModel(build_backbone(neck_channels=16), nn.Conv2d(16, 3, 1))
     model(torch.randn(2, 3, 32, 32)).square().mean().backward()
     assert model.backbone.trunk.conv1.weight.grad.abs().sum() > 0
+
+
+def _outputs_and_gradients(module: nn.Module, reference, inputs: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """(output, input gradient, weight gradient, bias gradient) of ``module`` and of ``reference`` (a function
+    of the inputs computing the same layer another way), for the same upstream gradient."""
+    grad_out = torch.randn_like(module(inputs))
+    results = []
+    for layer in (module, reference):
+        inputs.grad = module.weight.grad = module.bias.grad = None
+        out = layer(inputs)
+        out.backward(grad_out)
+        results.append((out, inputs.grad, module.weight.grad, module.bias.grad))
+    return results
+
+
+# C5's 1x1 and 2x2 maps (one matrix product), and a 4x4 and an 8x8 map (oneDNN's convolution)
+@pytest.mark.parametrize("in_channels, kernel, stride, size", [(512, 3, 1, 1), (512, 3, 1, 2), (256, 3, 2, 4),
+                                                                (256, 1, 2, 4), (64, 3, 1, 4), (64, 3, 1, 8)])
+def test_a_small_map_convolution_gives_conv2d_outputs_and_gradients(in_channels, kernel, stride, size):
+    torch.manual_seed(0)
+    conv = SmallMapConv2d(in_channels, 32, kernel, stride=stride, padding=kernel // 2, bias=True)
+    images = torch.randn(3, in_channels, size, size, requires_grad=True)
+    ours, reference = _outputs_and_gradients(
+        conv, lambda x: nn.functional.conv2d(x, conv.weight, conv.bias, stride, kernel // 2), images)
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# the neck's first maps at 32x32 and 64x64 inputs (one matrix product), and a 4x4 map (oneDNN's)
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_a_small_map_transposed_convolution_gives_conv_transpose2d_outputs_and_gradients(size):
+    torch.manual_seed(0)
+    deconv = SmallMapConvTranspose2d(64, 32, 4, stride=2, padding=1, bias=True)
+    maps = torch.randn(3, 64, size, size, requires_grad=True)
+    ours, reference = _outputs_and_gradients(
+        deconv, lambda x: nn.functional.conv_transpose2d(x, deconv.weight, deconv.bias, 2, 1), maps)
+    assert ours[0].shape == (3, 32, 2 * size, 2 * size)
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_every_convolution_after_the_stem_takes_the_small_map_path(resnet18):
+    convolutions = [module for name, module in resnet18.named_modules()
+                    if isinstance(module, nn.Conv2d) and name != "conv1"]
+    assert convolutions and all(isinstance(module, SmallMapConv2d) for module in convolutions)
+    deconvolutions = [module for module in deconv_neck(512) if isinstance(module, nn.ConvTranspose2d)]
+    assert len(deconvolutions) == 3 and all(isinstance(module, SmallMapConvTranspose2d) for module in deconvolutions)

@@ -31,6 +31,49 @@ log = logging.getLogger(__name__)
 
 TRUNK_STRIDE = 32  # C5 of every ResNet
 NECK_LAYERS = 3  # each deconvolution doubles H and W: stride 32 -> 4
+# Maps of at most this many positions (C5 and the neck's first maps at 32x32 and 64x64 inputs) are convolved
+# as one matrix product on the CPU (SmallMapConv2d, SmallMapConvTranspose2d); from 4x4 on, oneDNN is as fast.
+SMALL_MAP_POSITIONS = 4
+
+
+def _on_small_cpu_map(x: torch.Tensor, positions: int, module: nn.Module) -> bool:
+    return (x.device.type == "cpu" and positions <= SMALL_MAP_POSITIONS and module.groups == 1
+            and module.padding_mode == "zeros" and not isinstance(module.padding, str))
+
+
+class SmallMapConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (the same parameters, state-dict keys and result) that computes an output map of at most
+    SMALL_MAP_POSITIONS positions on the CPU as one matrix product with its unfolded input (im2col). Ours:
+    on such maps oneDNN's CPU convolution backward costs several times its forward, where the matrix
+    product's costs about as much as its forward (``benchmarks/README.md``). The same sums of products in
+    another order: the last bits of a float32 result differ."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        (height, width), (kernel_h, kernel_w) = x.shape[-2:], self.kernel_size
+        out_h = (height + 2 * self.padding[0] - self.dilation[0] * (kernel_h - 1) - 1) // self.stride[0] + 1
+        out_w = (width + 2 * self.padding[1] - self.dilation[1] * (kernel_w - 1) - 1) // self.stride[1] + 1
+        if not _on_small_cpu_map(x, out_h * out_w, self):
+            return super()._conv_forward(x, weight, bias)
+        columns = nn.functional.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (B, C k k, L)
+        out = (weight.flatten(1) @ columns).view(x.shape[0], -1, out_h, out_w)
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+class SmallMapConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (the same parameters, keys and result) that computes an input map of at most
+    SMALL_MAP_POSITIONS positions on the CPU as one matrix product, folded back onto the output (col2im), for
+    the reason and with the rounding of :class:`SmallMapConv2d`."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if (output_size is not None or any(self.output_padding) or self.dilation != (1, 1)
+                or not _on_small_cpu_map(x, height * width, self)):
+            return super().forward(x, output_size)
+        out_size = tuple((size - 1) * stride - 2 * padding + kernel for size, stride, padding, kernel
+                         in zip((height, width), self.stride, self.padding, self.kernel_size))
+        columns = self.weight.flatten(1).t() @ x.flatten(2)  # (B, C_out k k, h w)
+        out = nn.functional.fold(columns, out_size, self.kernel_size, padding=self.padding, stride=self.stride)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
 
 class BasicBlock(nn.Module):
@@ -40,10 +83,10 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = SmallMapConv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv2 = SmallMapConv2d(channels, channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
         self.downsample = downsample
 
@@ -61,11 +104,11 @@ class Bottleneck(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.conv1 = SmallMapConv2d(in_channels, channels, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = SmallMapConv2d(channels, channels, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.conv3 = nn.Conv2d(channels, channels * self.expansion, 1, bias=False)
+        self.conv3 = SmallMapConv2d(channels, channels * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(channels * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -120,7 +163,7 @@ class ResNet(nn.Module):
         downsample = None
         if stride != 1 or in_channels != out_channels:
             downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+                SmallMapConv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
             )
         layers = [block(in_channels, channels, stride, downsample)]
         layers += [block(out_channels, channels) for _ in range(count - 1)]
@@ -171,7 +214,7 @@ def deconv_neck(in_channels: int, channels: int = 256) -> nn.Sequential:
     """SimpleBaseline's upsampling: NECK_LAYERS x [ConvTranspose2d(4, 2, 1), BN, ReLU], each doubling H and W."""
     modules: list[nn.Module] = []
     for _ in range(NECK_LAYERS):
-        deconv = nn.ConvTranspose2d(in_channels, channels, 4, stride=2, padding=1, bias=False)
+        deconv = SmallMapConvTranspose2d(in_channels, channels, 4, stride=2, padding=1, bias=False)
         nn.init.normal_(deconv.weight, std=0.001)  # SimpleBaseline's init; BN rescales it anyway
         modules += [deconv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
         in_channels = channels
