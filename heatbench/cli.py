@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from . import allocator, registry
+from .data.synthetic import SYNTHETIC_SYNTAX
 from .errors import HeatbenchError
 from .parsing import parse_overrides, parse_resolutions
 from .representation import ConfigError
@@ -21,8 +22,7 @@ def _add_run(commands) -> None:
     parser.add_argument("--res", default="64", help="input sizes, N or HxW, comma-separated (default 64)")
     parser.add_argument("--data", default="default",
                         help="'default' (the embedded mirror-mouse set), a DeepLabCut config.yaml, .h5 or .csv, "
-                             "a COCO/MPII JSON, or the rendered set synthetic[:train=N,val=N,test=N,seed=N,blur=F,"
-                             "noise=F]")
+                             f"a COCO/MPII JSON, or the rendered set {SYNTHETIC_SYNTAX}")
     parser.add_argument("--image-root", help="image folder for --data (default: the annotation file's folder; "
                                              "COCO files also look in the common layouts)")
     _add_split(parser)
@@ -168,7 +168,7 @@ def _add_data(commands) -> None:
     parser = commands.add_parser("data", help="what a run would load from a data set, and its split; a rendered "
                                               "set's samples as a PNG grid")
     parser.add_argument("path", help="'default', a DeepLabCut table or config.yaml, a COCO/MPII JSON, or "
-                                     "synthetic[:train=N,val=N,test=N,seed=N,blur=F,noise=F]")
+                                     f"{SYNTHETIC_SYNTAX}")
     parser.add_argument("--image-root", help="image folder for the data")
     _add_split(parser)
     grid = parser.add_argument_group("rendered sets")

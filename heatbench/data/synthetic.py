@@ -136,13 +136,18 @@ class SyntheticConfig:
                                           for field in dataclasses.fields(self))
 
 
+# The ``--data`` syntax of a rendered set, spelled from SyntheticConfig's fields (N an integer, F a number).
+SYNTHETIC_SYNTAX = f"{SYNTHETIC}[:" + ",".join(f"{field.name}={'N' if field.type == 'int' else 'F'}"
+                                              for field in dataclasses.fields(SyntheticConfig)) + "]"
+
+
 def is_synthetic(spec) -> bool:
     return str(spec).partition(":")[0] == SYNTHETIC
 
 
 def parse_synthetic(spec: str) -> SyntheticConfig:
-    """``synthetic`` (the defaults) or ``synthetic:train=N,val=N,test=N,seed=N,blur=F,noise=F,distractors=P,
-    occluders=P``, any subset of the fields in any order. A bad field is a DataError naming it."""
+    """``synthetic`` (the defaults) or ``synthetic:FIELD=VALUE,...`` (``SYNTHETIC_SYNTAX``), any subset of
+    the fields in any order. A bad field is a DataError naming it."""
     name, _, options = str(spec).partition(":")
     if name != SYNTHETIC:
         raise DataError(f"{spec}: not a rendered set; expected {SYNTHETIC}[:FIELD=VALUE,...]")
