@@ -26,7 +26,10 @@ def _add_run(commands) -> None:
     parser.add_argument("--image-root", help="image folder for --data (default: the annotation file's folder; "
                                              "COCO files also look in the common layouts)")
     _add_split(parser)
-    parser.add_argument("--epochs", type=int, help="training epochs (default: the TrainConfig default)")
+    schedule = parser.add_mutually_exclusive_group()
+    schedule.add_argument("--epochs", type=int, help="training epochs (default: the TrainConfig default)")
+    schedule.add_argument("--steps", type=int, help="at least N optimizer steps: the fewest whole epochs of the "
+                                                    "training set that hold them (instead of --epochs)")
     parser.add_argument("--batch-size", type=int, help="training batch size")
     parser.add_argument("--eval-every", type=int,
                         help="validate every N epochs for the learning curves (default: the TrainConfig default)")
@@ -79,10 +82,12 @@ def _run(args) -> None:
                                 **{key: value for key, value in changes.items() if value is not None})
     if args.seeds < 1:
         raise HeatbenchError(f"--seeds {args.seeds}: must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        raise HeatbenchError(f"--steps {args.steps}: must be >= 1")
     run(RunSpec(representations=names, resolutions=parse_resolutions(args.res), data=args.data,
                 image_root=args.image_root, split=_split_spec(args), seeds=args.seeds, first_seed=args.seed,
                 device=args.device, out=args.out, name=args.name, overrides=parse_overrides(args.set, names),
-                train=train, checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=not args.quiet),
+                train=train, steps=args.steps, checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=not args.quiet),
         shard=args.shard)
 
 

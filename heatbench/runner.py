@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +78,7 @@ class RunSpec:
     name: str | None = None
     overrides: dict[str, dict] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    steps: int | None = None  # at least this many optimizer steps: sets train.epochs from the training set's size
     checkpoint_dir: Path = Path("checkpoints")
     resume: bool = False
     progress: bool = True
@@ -226,6 +227,9 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
     shard_index, shard_count = parse_shard(shard)
     split = load_split(spec.data, spec.image_root, spec.split)
     train_set, val_set = split.train, split.val
+    if spec.steps is not None:
+        epochs = -(-spec.steps // steps_per_epoch(len(train_set), spec.train))
+        spec = replace(spec, train=replace(spec.train, epochs=epochs))
     representations: dict[tuple[str, tuple[int, int]], Representation] = {}
     for size in spec.resolutions:
         for name in spec.representations:

@@ -73,6 +73,7 @@ def test_same_command_and_seed_give_identical_accuracy(finished_run, tmp_path, m
     (["run", "--repr", "heatmap", "--res", "64y"], "--res: '64y' is not a size"),
     (["run", "--repr", "heatmap", "--data", "missing.csv"], "missing.csv"),
     (["run", "--repr", "heatmap", "--set", "heatmap.no_field=1"], "no_field"),
+    (["run", "--repr", "heatmap", "--steps", "0"], "--steps 0: must be >= 1"),
     (["floor", "--repr", "no-such-repr"], "unknown representation"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_results(argv, message, tmp_path, capsys):

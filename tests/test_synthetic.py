@@ -182,13 +182,14 @@ def test_data_command_writes_a_grid_of_samples(tmp_path, capsys):
 
 
 def test_a_run_on_the_rendered_set_goes_through_the_harness_and_evaluate_scores_its_test_scenes(tmp_path, capsys):
-    argv = ["run", "--repr", "heatmap", "--res", "64", "--data", "synthetic:train=16,val=8", "--epochs", "1",
+    argv = ["run", "--repr", "heatmap", "--res", "64", "--data", "synthetic:train=16,val=8", "--steps", "3",
             "--batch-size", "8", "--quiet", "--out", str(tmp_path / "results"), "--name", "rendered",
             "--checkpoint-dir", str(tmp_path / "checkpoints")]
     assert main(argv) == 0
     record = json.loads((tmp_path / "results" / "rendered" / "results.json").read_text())
     assert record["data"]["name"] == SyntheticConfig(train=16, val=8).spec
     assert record["data"]["train_instances"] == 16 and record["data"]["flip_test"]
+    assert record["train"]["epochs"] == 2 and record["rows"][1]["train_steps"] == 4  # the whole epochs holding 3 steps
     assert [row["representation"] for row in record["rows"]] == ["mean pose", "heatmap"]
     assert np.isfinite(record["rows"][1]["AP"]) and (tmp_path / "results" / "rendered" / "report.md").exists()
     checkpoint = tmp_path / "checkpoints" / "rendered" / "heatmap_64x64_seed0.pt"
