@@ -13,8 +13,8 @@ from PIL import Image
 from heatbench.cli import main
 from heatbench.data import AugmentConfig, TopDownDataset, crop_box
 from heatbench.data.coco import COCO_NAMES
-from heatbench.data.synthetic import (SPLIT_STRIDE, Capsules, Scenes, SyntheticConfig, load_synthetic,
-                                      parse_synthetic, render)
+from heatbench.data.synthetic import (SPLIT_STRIDE, Capsules, SceneRenderer, Scenes, SyntheticConfig,
+                                      load_synthetic, parse_synthetic, render)
 from heatbench.errors import DataError
 from heatbench.splits import load_split
 from heatbench.train import mean_pose
@@ -129,6 +129,19 @@ def test_keypoints_stay_labelled_where_occluded_and_poses_vary_widely():
     assert 0.05 < occluded.mean() < 0.5  # occluders and the body itself hide some keypoints
     baseline = mean_pose(train, val, (64, 64))
     assert baseline["mean_error_input_px"] > 8  # a poor guess: the mirror-mouse set's is 5.3 px
+
+
+def test_the_image_decides_left_from_right():
+    """Head up, the person's left shoulder and hip lie on the image's right of the body's axis in every scene
+    (a figure seen from behind would have them on the left and look like its mirrored front view)."""
+    keypoints = SceneRenderer(SMALL).scenes(torch.arange(2048)).keypoints.double()  # (B, 17, 2), y down
+    shoulders, hips = keypoints[:, 5:7], keypoints[:, 11:13]  # (left, right)
+    up = shoulders.mean(1) - hips.mean(1)
+    for left, right in (shoulders.unbind(1), hips.unbind(1)):
+        across = left - right
+        # the component of left - right along up turned a quarter clockwise (y is down), in torso lengths
+        rightward = (across[:, 1] * up[:, 0] - across[:, 0] * up[:, 1]) / up.norm(dim=1).square()
+        assert (rightward > 0.1).all()  # the hips, the narrower pair, are 0.12 torso lengths apart at 60 degrees
 
 
 def test_clutter_comes_and_goes_without_moving_the_figure():

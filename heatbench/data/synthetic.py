@@ -1,20 +1,25 @@
 """A rendered pose data set: a person-like figure with COCO's 17 keypoints, exact at every input size.
 
 **What is rendered.** One figure per scene, front to back: up to two occluders (rounded bars placed over a
-keypoint), the figure, up to ten distractor capsules (some as large as limbs), and a background of smooth colour noise (two octaves of
-bicubic noise). The figure is a torso (spine, shoulder and hip capsules), neck, an oval head with eyes, nose
-and ears, and two-segment arms and legs, each part an anti-aliased capsule with its own colour (shirt,
-trousers or skin, with a per-part brightness) and a texture of stripes. Its pose is drawn in 3D and
-projected orthographically: a yaw over the full circle (so left and right are told apart, as on COCO, by the
-facing cues: the depth order of the limbs and which face features show), a head turn, a torso lean, shoulder
-and hip flexion and abduction and elbow and knee flexion within human ranges (the ``*_RANGE`` constants),
-random proportions, and a rotation in the image plane; the crop fits the figure, as every top-down crop
-does, so its scale varies against the clutter's. Every draw is mirror-symmetric (the left side's ranges are
-the right side's), so a mirrored sample (flip augmentation, the flip test) is a scene the set could have drawn,
-with its pairs swapped. Parts are composited in depth order, so the far arm
-goes behind the torso. Keypoints stay labelled wherever they are; a keypoint is *occluded* (COCO's v=1; see
+keypoint), the figure, up to ten distractor capsules (some as large as limbs), and a background of smooth
+colour noise (two octaves of bicubic noise). The figure is a torso (spine, shoulder and hip capsules), neck,
+an oval head with eyes, nose and ears, and two-segment arms and legs, each part an anti-aliased capsule with
+its own colour (shirt, trousers or skin, with a per-part brightness) and a texture of stripes. Its pose is
+drawn in 3D and projected orthographically: a yaw within ``YAW_RANGE`` of facing the camera, a head turn, a
+torso lean, shoulder and hip flexion and abduction and elbow and knee flexion within human ranges (the
+``*_RANGE`` constants), random proportions, and a rotation in the image plane; the crop fits the figure, as
+every top-down crop does, so its scale varies against the clutter's. Every draw is mirror-symmetric (the left
+side's ranges are the right side's), so a mirrored sample (flip augmentation, the flip test) is a scene the
+set could have drawn, with its pairs swapped. Parts are composited in depth order, so the far arm goes behind
+the torso. Keypoints stay labelled wherever they are; a keypoint is *occluded* (COCO's v=1; see
 :meth:`SceneRenderer.occluded`) when a part that is not its own is drawn over it, an occluder or the body
-itself (the far shoulder in profile, the eyes of a figure seen from behind). Blur and noise are optional.
+itself (an arm across the torso, the shoulder turned away). Blur and noise are optional.
+
+**Left and right** (ours). The yaw stays within 60 degrees of the camera because, seen from behind, this figure
+is its front view mirrored with left and right swapped, told apart only by eyes under a pixel wide at 64x64:
+a back view's labels could not be read from its image. Within 60 degrees, with the head up, the person's left
+shoulder and hip lie on the image's right of the body's axis, at least half their full spacing from their
+right-hand partners, so the image decides every label.
 
 **Coordinates.** Canonical (``docs/conventions.md``: pixel i covers [i, i+1)). A scene lives in a square of
 ``SCENE_SIZE`` scene px, the figure's box padded to a square and enlarged by 1.25 (the top-down padding),
@@ -65,6 +70,7 @@ SYNTHETIC = "synthetic"
 
 # Pose ranges, radians unless named otherwise (ours, within the usual range-of-motion tables)
 ROLL_RANGE = math.radians(40)                                # image-plane rotation, +-
+YAW_RANGE = math.radians(60)                                 # body turn from facing the camera, +-
 LEAN_RANGE = math.radians(20)                                # torso lean, +-
 HEAD_TURN_RANGE = math.radians(45)                           # head yaw against the body, +-
 ARM_FLEXION_RANGE = (math.radians(-50), math.radians(170))   # shoulder: extension to flexion overhead
@@ -327,7 +333,7 @@ def _figure(draws: Draws) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Points (B, 21, 2) (17 keypoints, pelvis, neck base, head ends) in torso lengths, y down, pelvis at 0,
     their depths (B, 21), and the radii (B, len(PARTS)) of the PARTS."""
     batch = draws.keys.shape[0]
-    yaw = draws.uniform(low=-math.pi, high=math.pi)
+    yaw = draws.uniform(low=-YAW_RANGE, high=YAW_RANGE)
     head_yaw = yaw + draws.uniform(low=-HEAD_TURN_RANGE, high=HEAD_TURN_RANGE)
     lean = draws.uniform(low=-LEAN_RANGE, high=LEAN_RANGE)
     shoulder_w, hip_w, neck_len, head_r = (draws.between(bounds) for bounds in
