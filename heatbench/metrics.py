@@ -41,6 +41,17 @@ def mean_error(predicted: np.ndarray, target: np.ndarray, visible: np.ndarray) -
     return _masked_mean(np.nan_to_num(keypoint_errors(predicted, target)), visible > 0)
 
 
+def merged_pairs(predicted: np.ndarray, target: np.ndarray, visible: np.ndarray, pairs: list[tuple[int, int]],
+                 spacing: float) -> float:
+    """Share of the left/right ``pairs`` labelled on both sides whose two (N, K, 2) predictions lie closer than
+    ``spacing`` x the targets' distance: a model that cannot tell the sides apart puts both at one point."""
+    first, second = np.array(pairs).T
+    labelled = (visible[:, first] > 0) & (visible[:, second] > 0)
+    predicted_gap = np.linalg.norm(predicted[:, first] - predicted[:, second], axis=-1)
+    target_gap = np.linalg.norm(target[:, first] - target[:, second], axis=-1)
+    return _masked_mean(predicted_gap < spacing * target_gap, labelled & (target_gap > 0))
+
+
 def decoding_agreement(first: np.ndarray, second: np.ndarray, step_xy: tuple[float, float],
                        visible: np.ndarray) -> float:
     """Fraction of labelled keypoints where two decodings of the same outputs, (N, K, 2) input px, lie within

@@ -36,8 +36,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
+from .data.dataset import flip_pairs_from_names
 from .errors import HeatbenchError
-from .metrics import keypoint_errors
+from .metrics import keypoint_errors, merged_pairs
 from .parsing import size_name
 from .results import BASELINE_PREDICTIONS, PREDICTIONS, atomic_directory, format_cell
 from .stats import CONFIDENCE, paired_bootstrap
@@ -54,6 +55,11 @@ LEARNED_FRACTION = 1 / 3
 # converged when its schedule ended (ours: just above the scatter between the last points of the converged
 # curves on the default data, a few per cent).
 STILL_FALLING = 0.1
+# A row merges a left/right pair where its two predictions lie closer than MERGED_SPACING x their true distance,
+# and is flagged where it merges more than MERGED_SHARE of the labelled pairs (ours: a model that tells the
+# sides apart merges almost none, one that cannot puts nearly every pair at one point).
+MERGED_SPACING = 0.25
+MERGED_SHARE = 0.5
 RESAMPLES = 2000  # each end of the interval then moves by ~1.5% of its width from one bootstrap seed to another
 
 # figure file -> (title, caption) in report.md
@@ -100,6 +106,7 @@ class Entry:
     row: dict
     errors: np.ndarray  # (S, N, K) input-px error per seed; NaN where unlabelled
     counted: np.ndarray  # (N, K) labelled keypoints
+    merged_pairs: float | None  # share of labelled left/right pairs predicted at one point (None: no pairs)
 
     @property
     def baseline(self) -> bool:
@@ -146,6 +153,7 @@ def _entries(runs: list[RunDir], visible: np.ndarray) -> list[Entry]:
     ambiguous = {name for (name, _), labels in homes.items() if len(labels) > 1}
     entries, baselines = [], set()
     for run in runs:
+        pairs = flip_pairs_from_names(run.record["data"]["keypoint_names"])
         for row in run.record["rows"]:
             if row.get("baseline"):  # runs on the same instances share it: one entry per input size
                 if row["input"] in baselines:
@@ -159,10 +167,12 @@ def _entries(runs: list[RunDir], visible: np.ndarray) -> list[Entry]:
                 missing = [key for key in keys if f"{key}/pred_input" not in predictions.files]
                 if missing:
                     raise HeatbenchError(f"{file}: no predictions for {', '.join(missing)}")
-                errors = np.stack([keypoint_errors(predictions[f"{key}/pred_input"], predictions[f"{key}/target_input"])
-                                   for key in keys])  # (S, N, K)
+                outputs = [(predictions[f"{key}/pred_input"], predictions[f"{key}/target_input"]) for key in keys]
+            errors = np.stack([keypoint_errors(*output) for output in outputs])  # (S, N, K)
+            merged = (float(np.mean([merged_pairs(*output, visible, pairs, MERGED_SPACING) for output in outputs]))
+                      if pairs else None)
             label = f"{name} ({run.label})" if name in ambiguous and not row.get("baseline") else name
-            entries.append(Entry(label, run, row, errors, (visible > 0) & np.isfinite(errors).all(axis=0)))
+            entries.append(Entry(label, run, row, errors, (visible > 0) & np.isfinite(errors).all(axis=0), merged))
     return entries
 
 
@@ -378,6 +388,20 @@ def _still_falling(entries: list[Entry]) -> str:
             + ". Their numbers are the schedule's, not yet the representation's: train them longer.\n\n")
 
 
+def _merged_sides(entries: list[Entry]) -> str:
+    """A warning naming every row that puts more than MERGED_SHARE of the labelled left/right pairs at one
+    point, or ""."""
+    merging = [e for e in entries if not e.baseline and (e.merged_pairs or 0) > MERGED_SHARE]
+    if not merging:
+        return ""
+    named = [f"{e.label} at {e.row['input']} ({e.merged_pairs:.0%})" for e in merging]
+    return (f"**Warning: {len(merging)} row(s) put left and right at one point**: in more than {MERGED_SHARE:.0%} of "
+            f"the labelled left/right pairs their two predictions lie closer than {MERGED_SPACING:g} x the pair's "
+            "true distance: " + ", ".join(named) + ". Either the images do not tell the sides apart (a figure seen "
+            "from behind that looks like its mirrored front view) or the model has not learned to; the paired "
+            "keypoints' errors are then not a measure of localisation.\n\n")
+
+
 def _results_table(entries: list[Entry]) -> str:
     rows = [{"representation": e.label, "input (HxW)": e.row["input"], "seeds": len(e.row["seeds"]),
              "mean err (input px)": _cell(e, "mean_error_input_px"), "vs mean pose": _cell(e, "vs_mean_pose"),
@@ -510,7 +534,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, real_dirs: list[Path] = ()
         "network input; PCK@0.1 counts keypoints within 0.1 x the instance's box size; AP is OKS AP "
         f"({runs[0].record['data']['oks_sigmas']}); floor is the error of decode(ideal outputs) for interior "
         "keypoints; GFLOPs and ms are per image at batch 1 on the run's device. Mean ± sample std over seeds.\n\n"
-        + _not_learned(entries) + _still_falling(entries) + _results_table(entries) + "\n\n"
+        + _not_learned(entries) + _still_falling(entries) + _merged_sides(entries) + _results_table(entries) + "\n\n"
         "## Figures\n\n" + sections
         + "## Paired comparisons\n\n" + _comparisons(entries, evaluation["image_ids"], evaluation["visible"])
     )

@@ -97,7 +97,7 @@ def test_a_clear_difference_is_a_win_and_a_tie_is_not():
 
     def entry(label, errors, baseline=False):
         row = {"input": "64x64", "seeds": [0], **({"baseline": True} if baseline else {})}
-        return Entry(label, run, row, errors[None], visible > 0)
+        return Entry(label, run, row, errors[None], visible > 0, merged_pairs=None)
 
     accurate = 1 + 0.1 * generator.standard_normal((images, keypoints))
     tie = accurate[::-1].copy()  # the same errors on other images: no difference on average
@@ -201,6 +201,25 @@ def test_rows_still_falling_over_the_last_fifth_are_named_in_a_warning_above_the
     above_table = _section(write_report([edited], tmp_path / "edited").read_text(), "Results").split("|", 1)[0]
     warning = next(paragraph for paragraph in above_table.split("\n\n") if "were still learning" in paragraph)
     assert "heatmap at 64x64 (-30%)" in warning and "simcc" not in warning
+
+
+def test_rows_that_put_left_and_right_at_one_point_are_named_in_a_warning_above_the_table(run_dir, tmp_path):
+    assert "left and right at one point" not in (run_dir / "report.md").read_text()  # the mouse has no pairs
+    paired = shutil.copytree(run_dir, tmp_path / "paired")
+    record = json.loads((paired / "results.json").read_text())
+    record["data"]["keypoint_names"][:2] = ["left_paw", "right_paw"]
+    (paired / "results.json").write_text(json.dumps(record))
+    with np.load(paired / "predictions.npz") as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    for key in arrays:
+        if key.startswith("heatmap") and key.endswith("/pred_input"):
+            arrays[key][:, 1] = arrays[key][:, 0]  # both paws at one point
+        if key.startswith("simcc") and key.endswith("/pred_input"):
+            arrays[key][:, :2] = arrays[key.replace("pred_input", "target_input")][:, :2]  # each paw at its own
+    np.savez(paired / "predictions.npz", **arrays)
+    above_table = _section(write_report([paired], tmp_path / "report").read_text(), "Results").split("|", 1)[0]
+    warning = next(paragraph for paragraph in above_table.split("\n\n") if "left and right at one point" in paragraph)
+    assert "heatmap at 64x64 (100%)" in warning and "simcc" not in warning and "mean pose" not in warning
 
 
 def test_learning_curves_hold_one_point_per_validation_for_every_seed(run_dir):
