@@ -87,7 +87,8 @@ def _run(args) -> None:
     run(RunSpec(representations=names, resolutions=parse_resolutions(args.res), data=args.data,
                 image_root=args.image_root, split=_split_spec(args), seeds=args.seeds, first_seed=args.seed,
                 device=args.device, out=args.out, name=args.name, overrides=parse_overrides(args.set, names),
-                train=train, steps=args.steps, checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=not args.quiet),
+                train=train, steps=args.steps, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+                progress=not args.quiet),
         shard=args.shard)
 
 
