@@ -102,6 +102,34 @@ def test_unlabelled_and_nan_keypoints_never_make_the_loss_nan(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_an_unlabelled_keypoint_teaches_nothing_wherever_it_lies(name):
+    representation = heatbench.build_representation(name, input_size=(64, 64), num_keypoints=K)
+    torch.manual_seed(0)
+    head = representation.build_head(256, 4)
+    features = torch.randn(2, 256, 16, 16)
+    keypoints = _interior_keypoints(2, (64, 64), torch.Generator().manual_seed(5))
+    moved = keypoints.clone()
+    moved[1, 2] = torch.tensor([3.0, 60.0])
+
+    def loss_and_gradients(points: torch.Tensor, visible: torch.Tensor):
+        head.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # a representation that draws its training queries draws the same ones
+        loss = representation.loss(head(features), representation.encode(points, visible))
+        loss.backward()
+        return loss.detach(), [parameter.grad for parameter in head.parameters() if parameter.grad is not None]
+
+    unlabelled = torch.ones(2, K)
+    unlabelled[1, 2] = 0
+    loss, gradients = loss_and_gradients(keypoints, unlabelled)
+    moved_loss, moved_gradients = loss_and_gradients(moved, unlabelled)
+    assert torch.equal(moved_loss, loss)
+    assert all(torch.equal(a, b) for a, b in zip(moved_gradients, gradients, strict=True))
+    # the same move of a labelled keypoint is seen: the comparison above can fail
+    labelled = torch.ones(2, K)
+    assert not torch.equal(loss_and_gradients(moved, labelled)[0], loss_and_gradients(keypoints, labelled)[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_config_is_plain_data_and_rejects_unknown_fields(name):
     representation = heatbench.build_representation(name, input_size=(64, 64), num_keypoints=K)
     resolved = representation.resolved_config()
