@@ -294,11 +294,17 @@ def _real_errors(real: list[Entry]) -> dict[tuple[str, str], Entry]:
     return by_key
 
 
+def _data_label(record: dict) -> str:
+    """A data set's name for a legend, which must stay narrower than its axes: a spec's kind without its
+    options (``synthetic`` for ``synthetic:train=4800,...``; the provenance table spells them out)."""
+    return record["data"]["name"].split(":", 1)[0]
+
+
 def _plot_error_budget(entries: list[Entry], colours: dict[str, str], real: list[Entry]) -> Figure:
     sizes = _sizes(entries)
     real_by_key = _real_errors(real)
-    data_name = entries[0].run.record["data"]["name"]
-    real_names = ", ".join(dict.fromkeys(e.run.record["data"]["name"] for e in real_by_key.values()))
+    data_name = _data_label(entries[0].run.record)
+    real_names = ", ".join(dict.fromkeys(_data_label(e.run.record) for e in real_by_key.values()))
     parts = 3 if real_by_key else 2
     width = 0.8 / parts
     figure, axes = _panels(len(sizes), max(4.5, 0.4 * parts * max(sum(e.size == s for e in entries) for s in sizes)),

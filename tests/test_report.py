@@ -2,6 +2,7 @@
 import json
 import re
 import shutil
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -258,6 +259,19 @@ def test_error_budget_puts_floor_trained_and_real_error_side_by_side_per_represe
                                     + [row["mean_error_input_px"] for row in trained]
                                     + [3 * row["mean_error_input_px"] for row in trained])
     assert (write_report([run_dir], tmp_path / "budget", [real]).parent / "error_budget.png").is_file()
+
+
+def test_every_figure_keeps_its_axes_for_a_data_set_with_a_long_spec(run_dir, tmp_path):
+    rendered = tmp_path / "rendered"
+    shutil.copytree(run_dir, rendered)
+    record = json.loads((rendered / "results.json").read_text())
+    record["data"]["name"] = ("synthetic:train=4800,val=500,test=0,seed=0,blur=0.0,noise=0.0,distractors=0.7,"
+                              "occluders=0.35")
+    (rendered / "results.json").write_text(json.dumps(record))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="constrained_layout not applied")
+        report = write_report([rendered], tmp_path / "report", [_as_real(run_dir, tmp_path / "real", 2.0)])
+    assert "synthetic:train=4800" in _section(report.read_text(), "Where these numbers come from")
 
 
 def test_error_budget_refuses_a_representation_twice_on_real_data(run_dir, tmp_path):
