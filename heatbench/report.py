@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -34,6 +35,7 @@ from typing import Iterator
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
 from tabulate import tabulate
 
 from .data.dataset import flip_pairs_from_names
@@ -243,6 +245,28 @@ def _plot_cdf(entries: list[Entry], colours: dict[str, str]) -> Figure:
     return figure
 
 
+class _PlainLogFormatter(LogFormatter):
+    """matplotlib's choice of which log ticks to label, each label a plain number (0.4835, 3, 1000) instead
+    of 4.835 x 10^-1, with the fewest significant digits that still spell its value."""
+
+    def format_ticks(self, values):
+        labels = super().format_ticks(values)
+        shown = [value for value, label in zip(values, labels) if label]
+        for digits in range(1, 8):
+            plain = [np.format_float_positional(value, precision=digits, fractional=False, trim="-")
+                     for value in shown]
+            if all(math.isclose(float(text), value, rel_tol=1e-6) for text, value in zip(plain, shown)):
+                break
+        texts = iter(plain)
+        return [next(texts) if label else "" for label in labels]
+
+
+def _log_y(axis) -> None:
+    axis.set_yscale("log")
+    axis.yaxis.set_major_formatter(_PlainLogFormatter())
+    axis.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+
+
 def _plot_cost(entries: list[Entry], colours: dict[str, str]) -> Figure:
     figure, axes = _panels(2, 5.0, 4.0)
     several_sizes = len(_sizes(entries)) > 1
@@ -259,7 +283,7 @@ def _plot_cost(entries: list[Entry], colours: dict[str, str]) -> Figure:
                 axis.annotate(entry.row["input"], (x, y), textcoords="offset points", xytext=(4, 4),
                               fontsize="x-small")
         # costs span orders of magnitude (a 1x1-conv head beside NerPE's dense MLP decoding)
-        axis.set_yscale("log")
+        _log_y(axis)
         axis.set(xlabel="mean error (image px; lower is better)", ylabel=title)
         axis.legend(fontsize="x-small")
     return figure
@@ -348,7 +372,7 @@ def _plot_curves(entries: list[Entry], colours: dict[str, str]) -> Figure:
                 axis.plot([point["step"] for point in row["curve"]],
                           [point["mean_error_input_px"] for point in row["curve"]], marker=".",
                           color=colours[entry.label], alpha=0.8, label=entry.label if index == 0 else None)
-        axis.set_yscale("log")
+        _log_y(axis)
         axis.set(title=f"input {size_name(size)}", xlabel="optimizer step", ylabel="validation mean error (input px)")
         axis.legend(fontsize="x-small")
     return figure

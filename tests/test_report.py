@@ -278,3 +278,23 @@ def test_error_budget_refuses_a_representation_twice_on_real_data(run_dir, tmp_p
     twice = [_as_real(run_dir, tmp_path / name, 2.0) for name in ("real-a", "real-b")]
     with pytest.raises(HeatbenchError, match="heatmap at 64x64 is in more than one run directory"):
         write_report([run_dir], tmp_path / "budget", twice)
+
+
+@pytest.mark.parametrize("low, high", [(0.4829, 0.4862), (24.5, 26.3), (0.5, 1100.0)])
+def test_log_axes_label_their_ticks_with_plain_numbers_that_spell_the_tick_values(low, high):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from heatbench.report import _log_y
+
+    figure = Figure()
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot()
+    axis.plot([0, 1], [low, high])
+    _log_y(axis)
+    figure.canvas.draw()
+    ticks = axis.yaxis.get_majorticklocs().tolist() + axis.yaxis.get_minorticklocs().tolist()
+    labels = [label.get_text() for label in axis.yaxis.get_majorticklabels() + axis.yaxis.get_minorticklabels()]
+    labelled = [(tick, label) for tick, label in zip(ticks, labels) if label and low <= tick <= high]
+    assert len(labelled) >= 2
+    assert all(float(label) == pytest.approx(tick, rel=1e-6) for tick, label in labelled), labelled
