@@ -95,6 +95,7 @@ def provenance(device: torch.device) -> dict:
 
 SIGNIFICANT_DIGITS = 3
 COUNT_KEYS = ("head_params", "total_params")  # parameter counts, written 15.4 M
+PERCENT_KEYS = ("last_fifth_change",)  # relative changes, written +0.4%
 
 
 def format_number(value: float, decimals: int | None = None) -> str:
@@ -118,7 +119,8 @@ def format_count(value: float) -> str:
 
 def format_cell(row: dict, key: str) -> str:
     """A Markdown cell: numbers to SIGNIFICANT_DIGITS, ``mean ± std`` (the spread to the mean's decimals)
-    where the row has a ``<key>_std``, parameter counts with a unit; blank without ``key``."""
+    where the row has a ``<key>_std``, parameter counts with a unit, relative changes in percent to one
+    decimal; blank without ``key``."""
     value, spread = row.get(key), row.get(f"{key}_std")
     if value is None:
         return ""
@@ -126,6 +128,8 @@ def format_cell(row: dict, key: str) -> str:
         return str(value)
     if key in COUNT_KEYS:
         return format_count(value)
+    if key in PERCENT_KEYS:
+        return f"{100 * value:+.1f}%" + (f" ± {100 * spread:.1f}%" if spread is not None else "")
     if isinstance(value, int) and spread is None:
         return str(value)
     text = format_number(value)

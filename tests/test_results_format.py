@@ -1,5 +1,5 @@
-"""Tables for people: three significant digits, a spread to the mean's precision, counts with a unit;
-table.csv keeps every digit."""
+"""Tables for people: three significant digits, a spread to the mean's precision, counts with a unit, changes
+in percent; table.csv keeps every digit."""
 import pandas as pd
 
 from heatbench.results import format_cell, write_table
@@ -19,6 +19,12 @@ def test_parameter_counts_read_in_thousands_and_millions():
     assert format_cell({"total_params": 15381000.0}, "total_params") == "15.4 M"
     assert format_cell({"head_params": 4369}, "head_params") == "4.37 k"
     assert format_cell({"head_params": 512}, "head_params") == "512"
+
+
+def test_relative_changes_read_as_signed_percentages():
+    assert format_cell({"last_fifth_change": -0.04238}, "last_fifth_change") == "-4.2%"
+    assert format_cell({"last_fifth_change": 0.0305, "last_fifth_change_std": 0.0245}, "last_fifth_change") == \
+        "+3.0% ± 2.5%"
 
 
 def test_integers_text_and_missing_values_are_written_as_they_are():
