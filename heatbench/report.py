@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -506,14 +507,70 @@ def _steps(record: dict) -> str:
     return f" ({', '.join(map(str, sorted(steps)))} optimizer steps)" if steps else ""
 
 
+_NUMBER = re.compile(r"(\d+)")
+
+
+def _groups_varying_in_one_number(texts: list[str]) -> list[tuple[list[str], int | None, list[int]]]:
+    """Consecutive texts equal but for one number at the same place, as (pieces, index, numbers).
+
+    ``pieces`` is the first text split around its numbers (numbers at odd indices), ``index`` the piece that
+    varies (None for a group of one) and ``numbers`` its value in each text, in order.
+    """
+    groups: list[tuple[list[str], int | None, list[int]]] = []
+    for text in texts:
+        pieces = _NUMBER.split(text)
+        if groups and len(groups[-1][0]) == len(pieces):
+            first, index, numbers = groups[-1]
+            differing = [i for i, (a, b) in enumerate(zip(first, pieces)) if a != b]
+            if (len(differing) == 1 and differing[0] % 2 and index in (None, differing[0])
+                    and str(int(pieces[differing[0]])) == pieces[differing[0]]):
+                if index is None:
+                    numbers = [int(first[differing[0]])]
+                groups[-1] = (first, differing[0], numbers + [int(pieces[differing[0]])])
+                continue
+        groups.append((pieces, None, []))
+    return groups
+
+
+def _brace(numbers: list[int]) -> str:
+    """Bash brace expansion of ``numbers``: {0..20} for an ascending run, else {3,1,7}."""
+    if len(numbers) > 2 and numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"{{{numbers[0]}..{numbers[-1]}}}"
+    return "{" + ",".join(map(str, numbers)) + "}"
+
+
+def _spans(numbers: list[int]) -> str:
+    """1-20, or 0, 2, 5-7: the numbers as ascending spans."""
+    spans = []
+    for _, run in itertools.groupby(enumerate(sorted(numbers)), key=lambda pair: pair[1] - pair[0]):
+        values = [value for _, value in run]
+        spans.append(str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}")
+    return ", ".join(spans)
+
+
+def _with(pieces: list[str], index: int | None, text: str) -> str:
+    return "".join(pieces) if index is None else "".join(pieces[:index] + [text] + pieces[index + 1:])
+
+
 def made_by(record: dict) -> str:
-    """The command (or, for a merged run, the commands) that made a run, with the commit and device of each."""
-    def one(source: dict) -> str:
-        return f"`{source['command']}` at commit {source['git_commit']} on {source['device']}"
+    """The command (or, for a merged run, the commands) that made a run, with the commit and device of each.
+
+    A merge's arguments that differ in one number are written as a bash brace expansion, and its sources
+    that differ only in one number of their command (the shards of one sweep) as one command with N for it.
+    """
+    def where(source: dict) -> str:
+        return f"at commit {source['git_commit']} on {source['device']}"
     if "sources" not in record:
-        return f"Made by {one(record)}."
-    return (f"Merged by `{record['command']}` from {len(record['sources'])} runs: "
-            + "; ".join(one(source) for source in record["sources"]) + ".")
+        return f"Made by `{record['command']}` {where(record)}."
+    arguments = " ".join(_with(pieces, index, _brace(numbers))
+                         for pieces, index, numbers in _groups_varying_in_one_number(record["command"].split(" ")))
+    made = []
+    for _, same_place in itertools.groupby(record["sources"], key=where):
+        same_place = list(same_place)
+        for pieces, index, numbers in _groups_varying_in_one_number([s["command"] for s in same_place]):
+            made.append(f"`{_with(pieces, index, 'N')}`" + (f" for N = {_spans(numbers)}" if numbers else ""))
+        made[-1] += f" {where(same_place[0])}"
+    return f"Merged by `{arguments}` from {len(record['sources'])} runs: " + "; ".join(made) + "."
 
 
 @contextlib.contextmanager

@@ -81,6 +81,7 @@ def test_merged_shards_equal_the_unsharded_sweep(tmp_path, mouse_mini):
     made_by = (tmp_path / "merged" / "table.md").read_text().split("\n\n")[1]
     assert made_by.startswith("Merged by `python -m heatbench merge")
     assert "from 2 runs" in made_by
+    assert "sweep.shard-{0,1}-of-2 --out" in made_by  # the shards' paths as a bash brace expansion
     sources = json.loads((tmp_path / "merged" / "results.json").read_text())["sources"]
     assert [source["run"] for source in sources] == ["sweep.shard-0-of-2", "sweep.shard-1-of-2"]
 

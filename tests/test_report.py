@@ -2,6 +2,7 @@
 import json
 import re
 import shutil
+import subprocess
 import warnings
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ import pytest
 
 from heatbench.cli import main
 from heatbench.errors import HeatbenchError
-from heatbench.report import FIGURES, REPORT, Entry, _comparisons, write_report
+from heatbench.report import FIGURES, REPORT, Entry, _comparisons, made_by, write_report
 from heatbench.runner import last_fifth_change
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -79,6 +80,26 @@ def test_report_states_data_schedule_device_commit_and_command(run_dir, report):
     for fact in ("mirror_mouse_mini", "epochs 2", "batch 4", "lr 0.001", "ResNet-18", record["device"],
                  record["git_commit"], record["command"]):
         assert fact in provenance
+
+
+def test_a_merge_of_shards_names_each_sweep_once_and_its_arguments_as_bash_expands_them():
+    shards = [0, 1, 2, 3, 5]
+    record = {
+        "command": " ".join(["python -m heatbench merge", *(f"runs/ref.shard-{i}-of-42" for i in shards),
+                             "--out results/ref"]),
+        "sources": [{"command": f"python -m heatbench run --seeds 3 --shard {i}/42 --resume",
+                     "git_commit": "old" if i == 0 else "new", "device": "cpu"} for i in shards],
+    }
+    made = made_by(record)
+    merge_command = made.split("`")[1]
+    assert merge_command == "python -m heatbench merge runs/ref.shard-{0,1,2,3,5}-of-42 --out results/ref"
+    assert subprocess.run(["bash", "-c", f"echo {merge_command}"], capture_output=True, text=True,
+                          check=True).stdout.strip() == record["command"]
+    assert made.endswith(" from 5 runs: `python -m heatbench run --seeds 3 --shard 0/42 --resume` at commit old "
+                         "on cpu; `python -m heatbench run --seeds 3 --shard N/42 --resume` for N = 1-3, 5 at "
+                         "commit new on cpu.")
+    contiguous = dict(record, command="python -m heatbench merge " + " ".join(f"s-{i}" for i in range(21)))
+    assert "merge s-{0..20}`" in made_by(contiguous)
 
 
 def test_paired_comparison_states_a_winner_only_when_the_interval_excludes_zero(report):
