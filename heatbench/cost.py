@@ -146,7 +146,7 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str) -> int:
     return torch.cuda.max_memory_allocated(device) - baseline
 
 
-def _synthetic_batch(representation: Representation, input_size: tuple[int, int], device: torch.device, batch: int):
+def synthetic_batch(representation: Representation, input_size: tuple[int, int], device: torch.device, batch: int):
     """(B, 3, H, W) standard-normal images, (B, K, 2) keypoints uniform in the input, (B, K) all visible."""
     height, width = input_size
     generator = torch.Generator().manual_seed(SEED)
@@ -174,7 +174,7 @@ def measure_inference(
     throughput_images_per_s, peak_memory_bytes and batch.
     """
     device = torch.device(device)
-    images, _, _ = _synthetic_batch(representation, input_size, device, batch)
+    images, _, _ = synthetic_batch(representation, input_size, device, batch)
     was_training = model.training
     model.to(device).eval()
 
@@ -215,7 +215,7 @@ def measure_train_step(
     (IQR), train_images_per_s, peak_memory_bytes (one step) and batch.
     """
     device = torch.device(device)
-    images, keypoints, visible = _synthetic_batch(representation, input_size, device, batch)
+    images, keypoints, visible = synthetic_batch(representation, input_size, device, batch)
     model.to(device).train()
     optimizer = adam(model.parameters(), 1e-3)
 

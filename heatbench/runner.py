@@ -23,8 +23,8 @@ from .parsing import parse_resolutions, parse_shard, size_name
 from .report import made_by, write_report
 from .representation import Representation, build_representation
 from .splits import SplitSpec, load_split
-from .train import (MEAN_POSE, MEAN_POSE_KEY, TrainConfig, describe, init_distributed, mean_pose, resolve_device,
-                    run_one, steps_per_epoch, training_dtype)
+from .train import (MEAN_POSE, MEAN_POSE_KEY, TrainConfig, describe, estimate_step_seconds, init_distributed,
+                    mean_pose, resolve_device, run_one, steps_per_epoch, training_dtype)
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,26 @@ def write_run(target: Path, record: dict, seed_rows: list[dict], arrays: dict[st
     return markdown
 
 
+def _job_bar(jobs: list, representations: dict, steps: int, config: TrainConfig, device: torch.device,
+             shown: bool) -> tuple[tqdm, dict]:
+    """One progress bar for the whole job, and how far each (representation, input)'s optimizer step moves it.
+
+    Shown, it counts estimated seconds (each step weighed by ``estimate_step_seconds``), so that its remaining
+    time is the job's: a count of steps reads the remaining time off the job that runs now, and the main job's
+    NerPE steps, about five times SimCC's, would stand for SimCC's too.
+    """
+    keys = dict.fromkeys(key for key, _ in jobs)
+    if not shown:
+        return tqdm(disable=True), dict.fromkeys(keys, 1.0)
+    step_seconds = {}
+    for name, size in keys:
+        step_seconds[name, size] = estimate_step_seconds(representations[name, size], config, device)
+        log.info("one training step of %s at %s: about %.2f s", name, size_name(size), step_seconds[name, size])
+    total = steps * sum(step_seconds[key] for key, _ in jobs)
+    bar_format = "{desc}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"  # its count is seconds
+    return tqdm(total=total, bar_format=bar_format), step_seconds
+
+
 def run(spec: RunSpec, shard: str | None = None) -> Path | None:
     """Run the whole job (or one shard of it); returns the results directory (None on ranks other than 0)."""
     device, context = init_distributed(resolve_device(spec.device))
@@ -258,8 +278,8 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
                           **baseline})
     floors = {}
     steps = steps_per_epoch(len(train_set), spec.train) * spec.train.epochs
-    # one bar for the whole job, so that its remaining time is the job's
-    bar = tqdm(total=steps * len(jobs), disable=not (spec.progress and context.is_main), unit="step")
+    bar, step_seconds = _job_bar(jobs, representations, steps, spec.train, device,
+                                 shown=spec.progress and context.is_main)
     for (name, size), seed in jobs:
         representation = representations[name, size]
         if (name, size) not in floors:
@@ -268,7 +288,7 @@ def run(spec: RunSpec, shard: str | None = None) -> Path | None:
         checkpoint = spec.checkpoint_dir / spec.run_name() / f"{name}_{size_name(size)}_seed{seed}.pt"
         mean = {MEAN_POSE_KEY: means[size].tolist()} if size in means else None
         row = run_one(representation, train_set, val_set, spec.train, device, seed, checkpoint,
-                      spec.resume, spec.progress, context, bar, meta=mean)
+                      spec.resume, spec.progress, context, bar, step_seconds[name, size], meta=mean)
         if row is None:  # not rank 0
             continue
         label = f"{name}_{size_name(size)}_seed{seed}"

@@ -175,6 +175,31 @@ def build_model(representation: Representation, config: TrainConfig) -> PoseMode
     return PoseModel(backbone, representation.build_head(backbone.out_channels, backbone.stride))
 
 
+def training_loss(representation: Representation, network: torch.nn.Module, images: torch.Tensor,
+                  keypoints: torch.Tensor, visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The loss of one training batch: encode, the forward under ``dtype`` autocast, the loss on float32 outputs."""
+    targets = representation.encode(keypoints, visible)
+    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        return representation.loss(float32_outputs(network(images)), targets)
+
+
+def estimate_step_seconds(representation: Representation, config: TrainConfig, device: torch.device) -> float:
+    """Seconds of one training step of ``representation``: two steps timed after one untimed, on a throwaway
+    model and a synthetic batch of the training batch size, in the training dtype. A job's progress bar
+    weighs each step by it, so that its remaining time holds the slow jobs still to come."""
+    model = build_model(representation, dataclasses.replace(config, pretrained=None)).to(device).train()
+    images, keypoints, visible = cost.synthetic_batch(representation, representation.input_size, device,
+                                                      config.batch_size)
+    optimizer = adam(model.parameters(), config.lr)
+    dtype = training_dtype(config.precision, device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        training_loss(representation, model, images, keypoints, visible, dtype).backward()
+        optimizer.step()
+    return cost.latency(step, device, warmup=1, repeats=2)["median_s"]
+
+
 def _loader(data: TopDownDataset, config: TrainConfig, device: torch.device, shard: list[int] | None = None,
             **batching) -> DataLoader:
     """A loader over ``data`` (or its ``shard`` of indices); images read on the CPU are pinned for the copy to
@@ -227,15 +252,16 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 def train(representation: Representation, model: PoseModel, train_set: KeypointDataset, config: TrainConfig,
           device: torch.device, seed: int, checkpoint: Path | None = None, resume: bool = False,
           progress: bool = True, context: Distributed = Distributed(),
-          validate: Callable[[], dict] | None = None, bar: tqdm | None = None, meta: dict | None = None
-          ) -> tuple[float, list[float], list[dict]]:
+          validate: Callable[[], dict] | None = None, bar: tqdm | None = None, bar_step: float = 1.0,
+          meta: dict | None = None) -> tuple[float, list[float], list[dict]]:
     """Train in place; returns the training wall time in seconds (validation excluded), each epoch's mean loss
     and the learning curve, all over every epoch, those done before a ``resume`` included (the checkpoint
     carries them).
 
     ``validate`` (called on every process, in eval mode, every ``config.eval_every`` epochs and after the last
     one) returns the metrics of one point of the curve; each point also holds its epoch, optimizer step and
-    the epoch's training loss. ``bar`` is the job-wide progress bar, advanced once per optimizer step; ``meta``
+    the epoch's training loss. ``bar`` is the job-wide progress bar, advanced by ``bar_step`` per optimizer step
+    (the runner's estimate of the step's seconds), and the steps a ``resume`` skips leave its total; ``meta``
     is added to each checkpoint's ``meta`` record."""
     data = TopDownDataset(train_set, representation.input_size, train=True, augment=AugmentConfig(), seed=seed,
                           device=device)
@@ -271,6 +297,9 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
     if own_bar:
         bar = tqdm(total=(config.epochs - start_epoch) * len(loader), disable=not (progress and context.is_main),
                    leave=False)
+    if not own_bar and start_epoch:
+        bar.total -= start_epoch * len(loader) * bar_step
+        bar.refresh()
     bar.set_description(f"train {representation.name} {representation.input_size[0]}x{representation.input_size[1]}")
     started, validation_seconds = time.perf_counter(), 0.0
     last_saved = started
@@ -282,22 +311,20 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
         epoch_total = torch.zeros((), device=device)
         for step, sample in enumerate(loader, start=1):
             images = sample.image.to(device, non_blocking=True, memory_format=memory_format)
-            targets = representation.encode(sample.keypoints.to(device, non_blocking=True),
-                                            sample.visible.to(device, non_blocking=True))
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                loss = representation.loss(float32_outputs(network(images)), targets)
+            loss = training_loss(representation, network, images, sample.keypoints.to(device, non_blocking=True),
+                                 sample.visible.to(device, non_blocking=True), dtype)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             running += loss.detach()
             epoch_total += loss.detach()
             steps_since_log += 1
-            bar.update()
+            bar.update(bar_step)
             if step % config.log_every == 0 or step == len(loader):
                 mean_loss = (running / steps_since_log).item()  # the only host-device sync, every log_every steps
                 if not np.isfinite(mean_loss):
                     raise FloatingPointError(f"{representation.name}: the loss became {mean_loss} at epoch {epoch}")
-                bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.4g}")
+                bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{mean_loss:.4g}")
                 running.zero_()
                 steps_since_log = 0
         if context.world_size > 1:
@@ -395,9 +422,9 @@ def score_predictions(dataset: KeypointDataset, predictions: dict[str, np.ndarra
 def run_one(representation: Representation, train_set: KeypointDataset, val_set: KeypointDataset,
             config: TrainConfig, device: torch.device, seed: int, checkpoint: Path | None = None,
             resume: bool = False, progress: bool = True, context: Distributed = Distributed(),
-            bar: tqdm | None = None, meta: dict | None = None) -> dict | None:
+            bar: tqdm | None = None, bar_step: float = 1.0, meta: dict | None = None) -> dict | None:
     """Train and evaluate one representation x resolution x seed; rank 0 returns its row (metrics, costs).
-    ``meta`` goes into the checkpoints (see ``train``)."""
+    ``bar``, ``bar_step`` and ``meta`` are ``train``'s."""
     seed_everything(seed)
     model = build_model(representation, config)
     last: dict = {}
@@ -410,7 +437,7 @@ def run_one(representation: Representation, train_set: KeypointDataset, val_set:
         return {key: last["metrics"][key] for key in CURVE_METRICS}
 
     train_seconds, epoch_losses, curve = train(representation, model, train_set, config, device, seed, checkpoint,
-                                               resume, progress, context, validate, bar, meta)
+                                               resume, progress, context, validate, bar, bar_step, meta)
     if "predictions" not in last:  # resumed after the last epoch: nothing was validated in this process
         validate()
     # the unaugmented training frames: whether the model fits what it was trained on, beside what it generalises

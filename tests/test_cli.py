@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from tqdm import tqdm
 
 from heatbench.cli import main
 
@@ -15,9 +16,10 @@ TABLE_COLUMNS = ["representation", "input", "output", "or_ir", "head_params", "t
                  "train_seconds", "inference_ms", "mean_error_input_px", "pck@0.1", "AP", "floor_px"]
 
 
-def _run(tmp_path, mouse_mini, name, *extra):
+def _run(tmp_path, mouse_mini, name, *extra, quiet=True):
+    tiny = TINY if quiet else [arg for arg in TINY if arg != "--quiet"]
     argv = ["run", "--repr", "heatmap,simcc", "--data", str(mouse_mini), "--out", str(tmp_path / "results"),
-            "--name", name, "--checkpoint-dir", str(tmp_path / "checkpoints"), *TINY, *extra]
+            "--name", name, "--checkpoint-dir", str(tmp_path / "checkpoints"), *tiny, *extra]
     assert main(argv) == 0
     return tmp_path / "results" / name
 
@@ -107,14 +109,25 @@ def test_failed_run_keeps_the_previous_results(finished_run, tmp_path, mouse_min
     assert (previous / "table.csv").read_bytes() == (finished_run / "table.csv").read_bytes()
 
 
+class RecordingBar(tqdm):
+    """The job-wide progress bar, remembering (total, count) when it closes."""
+    closed: list[tuple[float, float]] = []
+
+    def close(self):
+        if not self.disable:  # tqdm closes again when collected, as a disabled bar
+            RecordingBar.closed.append((self.total, self.n))
+        super().close()
+
+
 def test_interrupted_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrupted_one(
         tmp_path, mouse_mini, monkeypatch):
+    import heatbench.runner
     import heatbench.train
 
-    def run(name, *extra):
-        argv = ["run", "--repr", "heatmap", "--res", "64", "--epochs", "2", "--batch-size", "4", "--quiet",
+    def run(name, *extra, quiet=True):
+        argv = ["run", "--repr", "heatmap", "--res", "64", "--epochs", "2", "--batch-size", "4",
                 "--data", str(mouse_mini), "--out", str(tmp_path / "results"), "--name", name,
-                "--checkpoint-dir", str(tmp_path / "ck"), *extra]
+                "--checkpoint-dir", str(tmp_path / "ck"), *extra, *(["--quiet"] if quiet else [])]
         assert main(argv) == 0
         (row,) = json.loads((tmp_path / "results" / name / "results.json").read_text())["seed_rows"]
         return row
@@ -132,11 +145,37 @@ def test_interrupted_run_resumes_from_its_last_checkpoint_and_matches_an_uninter
         run("cut")
     assert not (tmp_path / "results" / "cut").exists()  # nothing half-written
     monkeypatch.setattr(heatbench.train, "_save_checkpoint", save)
-    resumed = run("cut", "--resume")
+    monkeypatch.setattr(heatbench.runner, "tqdm", RecordingBar)
+    monkeypatch.setattr(RecordingBar, "closed", [])
+    resumed = run("cut", "--resume", quiet=False)
     assert resumed["epoch_losses"] == uninterrupted["epoch_losses"]  # the epoch before the cut included
     for column in ACCURACY_COLUMNS:
         assert resumed[column] == uninterrupted[column], column
     assert resumed["train_seconds"] > 0
+    ((total, count),) = RecordingBar.closed  # the steps done before the cut left the bar: it ends full
+    assert count == pytest.approx(total) and total > 0
+
+
+def test_the_progress_bar_weighs_each_step_by_its_estimated_seconds(tmp_path, mouse_mini, monkeypatch):
+    import heatbench.runner
+
+    seconds = {"heatmap": 1.0, "simcc": 3.0}
+    monkeypatch.setattr(heatbench.runner, "estimate_step_seconds", lambda representation, *_: seconds[
+        representation.name])
+    monkeypatch.setattr(heatbench.runner, "tqdm", RecordingBar)
+    monkeypatch.setattr(RecordingBar, "closed", [])
+    run_dir = _run(tmp_path, mouse_mini, "shown", quiet=False)
+    steps = {row["representation"]: row["train_steps"]
+             for row in json.loads((run_dir / "results.json").read_text())["seed_rows"]}
+    ((total, count),) = RecordingBar.closed
+    assert total == count == steps["heatmap"] * 1.0 + steps["simcc"] * 3.0
+
+
+def test_showing_the_progress_bar_changes_no_trained_value(finished_run, tmp_path, mouse_mini):
+    # the bar's estimate trains throwaway models first, drawing from the global generator
+    shown = _run(tmp_path, mouse_mini, "shown", quiet=False)
+    quiet, shown = (pd.read_csv(d / "table.csv")[ACCURACY_COLUMNS] for d in (finished_run, shown))
+    pd.testing.assert_frame_equal(quiet, shown)
 
 
 def test_heatmap_command_draws_a_checkpoint_at_native_resolution(finished_run, tmp_path, mouse_mini):
