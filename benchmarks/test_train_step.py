@@ -8,7 +8,7 @@ K = 17, four benchmarks, so that a regression shows as a ratio against a stored 
   some representations queries the head, as NerPE's does, so loss and head cannot be timed apart);
 - ``decode``: the head's outputs -> (B, K, 2) keypoints, in eval and inference mode;
 - ``train_step``: one full step of the model ``run`` trains (ResNet-18, neck and head) at
-  ``TrainConfig.batch_size``: encode, forward, loss, backward, Adam, as in ``heatbench.cost.measure_train_step``.
+  ``TrainConfig.batch_size``: encode, forward, loss, backward, Adam: ``heatbench.optim.train_step``, as ``run`` trains.
 
 and, for the heatmap, SimCC and NerPE at 32x32 and 64x64, the train step against the same step with the 1x1
 and 2x2 maps of C5 and the neck convolved by oneDNN instead of as one matrix product
@@ -33,7 +33,7 @@ import torch
 from heatbench import available_representations, build_representation
 from heatbench.models import resnet
 from heatbench.models.resnet import SMALL_MAP_POSITIONS
-from heatbench.optim import adam
+from heatbench.optim import adam, train_step
 from heatbench.train import TrainConfig, build_model
 
 BATCH, KEYPOINTS, FEATURES, STRIDE = 8, 17, 256, 4  # FEATURES and STRIDE: the shared backbone's neck output
@@ -101,15 +101,7 @@ def _train_step(name: str, height: int, width: int):
     torch.manual_seed(0)
     model = build_model(representation, config).train()
     optimizer = adam(model.parameters(), 1e-3)
-
-    def step() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = representation.loss(model(images), representation.encode(keypoints, visible))
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    return step
+    return lambda: train_step(representation, model, optimizer, images, keypoints, visible, torch.float32)
 
 
 @parametrize_cases

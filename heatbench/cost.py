@@ -43,7 +43,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models.pose_model import PoseModel, count_parameters
-from .optim import adam
+from .optim import adam, train_step, training_loss
 from .representation import Representation
 
 SEED = 0
@@ -198,6 +198,28 @@ def measure_inference(
     }
 
 
+def _train_step_call(representation: Representation, model: PoseModel, input_size: tuple[int, int],
+                     device: torch.device, batch: int,
+                     dtype: torch.dtype) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
+    """(the loss, one training step) on a synthetic batch, as ``train`` takes them; ``model`` is moved to
+    ``device`` and trained by every step."""
+    images, keypoints, visible = synthetic_batch(representation, input_size, device, batch)
+    model.to(device).train()
+    optimizer = adam(model.parameters(), 1e-3)
+    return (lambda: training_loss(representation, model, images, keypoints, visible, dtype),
+            lambda: train_step(representation, model, optimizer, images, keypoints, visible, dtype))
+
+
+def time_train_step(representation: Representation, model: PoseModel, input_size: tuple[int, int],
+                    device: torch.device | str, batch: int, dtype: torch.dtype, warmup: int = 3,
+                    repeats: int = 10) -> dict:
+    """:func:`latency` of one training step (encode, forward under ``dtype`` autocast, loss, backward, Adam
+    step) on a synthetic batch. ``model`` is trained by the timed steps: pass a throwaway model."""
+    device = torch.device(device)
+    step = _train_step_call(representation, model, input_size, device, batch, dtype)[1]
+    return latency(step, device, warmup, repeats)
+
+
 def measure_train_step(
     representation: Representation,
     model: PoseModel,
@@ -207,7 +229,7 @@ def measure_train_step(
     warmup: int = 3,
     repeats: int = 10,
 ) -> dict:
-    """Cost of one training step (encode, forward, loss, backward, Adam step) on a synthetic batch.
+    """Cost of one float32 training step (encode, forward, loss, backward, Adam step) on a synthetic batch.
 
     ``model`` is moved to ``device`` and trained by the measured steps: pass a throwaway model. ``warmup``
     and ``repeats`` are :func:`latency`'s; the warmup steps also allocate Adam's state. Returns
@@ -215,18 +237,7 @@ def measure_train_step(
     (IQR), train_images_per_s, peak_memory_bytes (one step) and batch.
     """
     device = torch.device(device)
-    images, keypoints, visible = synthetic_batch(representation, input_size, device, batch)
-    model.to(device).train()
-    optimizer = adam(model.parameters(), 1e-3)
-
-    def forward_loss() -> torch.Tensor:
-        return representation.loss(model(images), representation.encode(keypoints, visible))
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        forward_loss().backward()
-        optimizer.step()
-
+    forward_loss, step = _train_step_call(representation, model, input_size, device, batch, torch.float32)
     gflops = flops_per_image(forward_loss, batch)
     timing = latency(step, device, warmup, repeats)
     memory = peak_memory(step, device)

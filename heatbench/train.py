@@ -39,8 +39,8 @@ from .errors import HeatbenchError
 from .metrics import decoding_agreement, evaluate_predictions, mean_error, per_keypoint_metrics
 from .models.pose_model import PoseModel
 from .models.resnet import build_backbone
-from .optim import adam
-from .representation import Representation, map_tensors
+from .optim import adam, train_step
+from .representation import Representation
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,6 @@ def training_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "bf16" or (precision == "auto" and (device.type == "cuda" or cpu_has_bf16())):
         return torch.bfloat16
     return torch.float32
-
-
-def float32_outputs(outputs):
-    """Tensor outputs (a tensor or a tuple of them) in float32, so that a loss's softmax, log-sum-exp or
-    Sinkhorn iterations never run in bf16: CPU autocast keeps those ops in their input's dtype, where CUDA's
-    promotes them. Other outputs (NerPE's field, whose loss runs the query MLP) are passed on as they are;
-    their loss casts what it needs."""
-    return map_tensors(torch.Tensor.float, outputs) if isinstance(outputs, (torch.Tensor, tuple)) else outputs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -175,29 +167,13 @@ def build_model(representation: Representation, config: TrainConfig) -> PoseMode
     return PoseModel(backbone, representation.build_head(backbone.out_channels, backbone.stride))
 
 
-def training_loss(representation: Representation, network: torch.nn.Module, images: torch.Tensor,
-                  keypoints: torch.Tensor, visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The loss of one training batch: encode, the forward under ``dtype`` autocast, the loss on float32 outputs."""
-    targets = representation.encode(keypoints, visible)
-    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        return representation.loss(float32_outputs(network(images)), targets)
-
-
 def estimate_step_seconds(representation: Representation, config: TrainConfig, device: torch.device) -> float:
     """Seconds of one training step of ``representation``: two steps timed after one untimed, on a throwaway
     model and a synthetic batch of the training batch size, in the training dtype. A job's progress bar
     weighs each step by it, so that its remaining time holds the slow jobs still to come."""
-    model = build_model(representation, dataclasses.replace(config, pretrained=None)).to(device).train()
-    images, keypoints, visible = cost.synthetic_batch(representation, representation.input_size, device,
-                                                      config.batch_size)
-    optimizer = adam(model.parameters(), config.lr)
-    dtype = training_dtype(config.precision, device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        training_loss(representation, model, images, keypoints, visible, dtype).backward()
-        optimizer.step()
-    return cost.latency(step, device, warmup=1, repeats=2)["median_s"]
+    model = build_model(representation, dataclasses.replace(config, pretrained=None))
+    return cost.time_train_step(representation, model, representation.input_size, device, config.batch_size,
+                                training_dtype(config.precision, device), warmup=1, repeats=2)["median_s"]
 
 
 def _loader(data: TopDownDataset, config: TrainConfig, device: torch.device, shard: list[int] | None = None,
@@ -311,13 +287,11 @@ def train(representation: Representation, model: PoseModel, train_set: KeypointD
         epoch_total = torch.zeros((), device=device)
         for step, sample in enumerate(loader, start=1):
             images = sample.image.to(device, non_blocking=True, memory_format=memory_format)
-            loss = training_loss(representation, network, images, sample.keypoints.to(device, non_blocking=True),
-                                 sample.visible.to(device, non_blocking=True), dtype)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += loss.detach()
-            epoch_total += loss.detach()
+            loss = train_step(representation, network, optimizer, images,
+                              sample.keypoints.to(device, non_blocking=True),
+                              sample.visible.to(device, non_blocking=True), dtype)
+            running += loss
+            epoch_total += loss
             steps_since_log += 1
             bar.update(bar_step)
             if step % config.log_every == 0 or step == len(loader):
