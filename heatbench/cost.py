@@ -146,7 +146,7 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str) -> int:
     return torch.cuda.max_memory_allocated(device) - baseline
 
 
-def synthetic_batch(representation: Representation, input_size: tuple[int, int], device: torch.device, batch: int):
+def _synthetic_batch(representation: Representation, input_size: tuple[int, int], device: torch.device, batch: int):
     """(B, 3, H, W) standard-normal images, (B, K, 2) keypoints uniform in the input, (B, K) all visible."""
     height, width = input_size
     generator = torch.Generator().manual_seed(SEED)
@@ -174,7 +174,7 @@ def measure_inference(
     throughput_images_per_s, peak_memory_bytes and batch.
     """
     device = torch.device(device)
-    images, _, _ = synthetic_batch(representation, input_size, device, batch)
+    images, _, _ = _synthetic_batch(representation, input_size, device, batch)
     was_training = model.training
     model.to(device).eval()
 
@@ -203,7 +203,7 @@ def _train_step_call(representation: Representation, model: PoseModel, input_siz
                      dtype: torch.dtype) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
     """(the loss, one training step) on a synthetic batch, as ``train`` takes them; ``model`` is moved to
     ``device`` and trained by every step."""
-    images, keypoints, visible = synthetic_batch(representation, input_size, device, batch)
+    images, keypoints, visible = _synthetic_batch(representation, input_size, device, batch)
     model.to(device).train()
     optimizer = adam(model.parameters(), 1e-3)
     return (lambda: training_loss(representation, model, images, keypoints, visible, dtype),
