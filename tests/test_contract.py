@@ -13,6 +13,7 @@ import torch
 import heatbench
 from heatbench import registry
 from heatbench.representation import ConfigError
+from tests.devices import OneDevicePerOp
 
 NAMES = heatbench.available_representations()
 SIZES = [(64, 64), (256, 192)]
@@ -56,6 +57,22 @@ def test_head_loss_and_decode_have_the_contract_shapes(name, size, batch):
     decoded, scores = representation.decode(outputs)
     assert decoded.shape == (batch, K, 2) and scores.shape == (batch, K)
     assert torch.isfinite(decoded).all() and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_encode_loss_and_backward_stay_on_the_device_of_the_batch(name, size):
+    """The training half of the CUDA path, checked without a GPU (``tests/devices.py``): on the meta device,
+    every operator of encode, head, loss and backward takes its tensors from that device alone."""
+    representation = heatbench.build_representation(name, input_size=size, num_keypoints=K)
+    height, width = size
+    head = representation.build_head(256, 4).to("meta")
+    features = torch.empty(2, 256, height // 4, width // 4, device="meta")
+    keypoints = torch.empty(2, K, 2, device="meta")
+    with OneDevicePerOp():
+        loss = representation.loss(head(features), representation.encode(keypoints, torch.ones(2, K, device="meta")))
+        loss.backward()
+    assert loss.device.type == "meta"
 
 
 @pytest.mark.parametrize("name", NAMES)

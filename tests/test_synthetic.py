@@ -13,11 +13,12 @@ from PIL import Image
 from heatbench.cli import main
 from heatbench.data import AugmentConfig, TopDownDataset, crop_box
 from heatbench.data.coco import COCO_NAMES
-from heatbench.data.synthetic import (SPLIT_STRIDE, Capsules, SceneRenderer, Scenes, SyntheticConfig,
+from heatbench.data.synthetic import (CHUNK_ELEMENTS, SPLIT_STRIDE, Capsules, SceneRenderer, Scenes, SyntheticConfig,
                                       load_synthetic, parse_synthetic, render)
 from heatbench.errors import DataError
 from heatbench.splits import load_split
 from heatbench.train import mean_pose
+from tests.devices import OneDevicePerOp
 
 SMALL = SyntheticConfig(train=24, val=8, test=8)
 FLIP_ONLY = AugmentConfig(flip_prob=1.0, scale_factor=0.0, rotation_prob=0.0)
@@ -154,6 +155,17 @@ def test_clutter_comes_and_goes_without_moving_the_figure():
     assert 0.02 < changed.float().mean() < 0.5  # clutter covers part of each scene, the figure stays where it was
     # with no occluders only the body itself hides keypoints
     assert bare.renderer.occluded(bare.image_ids).mean() < default.renderer.occluded(default.image_ids).mean()
+
+
+def test_a_batch_is_rendered_wholly_on_the_device_it_is_asked_for(monkeypatch):
+    """The CUDA path, checked without a GPU (``tests/devices.py``): rendered on the meta device, every operator
+    takes its tensors from that device alone."""
+    monkeypatch.setitem(CHUNK_ELEMENTS, "meta", CHUNK_ELEMENTS["cpu"])
+    blurred_and_noisy = load_synthetic(dataclasses.replace(SMALL, blur=0.01, noise=0.02), "train")
+    data = TopDownDataset(blurred_and_noisy, (64, 48), train=True, device="meta")
+    with OneDevicePerOp():
+        images, _, _, _ = _batch(data, [0, 3])
+    assert images.device.type == "meta" and images.shape == (2, 3, 64, 48)
 
 
 def test_subset_keeps_the_crops_and_the_renderer():
