@@ -42,8 +42,9 @@ SAME_PX = 1e-3
 # A keypoint exactly on a decision boundary of a quantising decoder (for the stride-4 heatmap, every multiple
 # of 4 px, the image centre among them) decodes to either neighbour depending on float rounding, which the
 # equivariance and flip claims are not about. Hypothesis favours simple fractions, which land on such
-# boundaries; an irrational offset keeps them off.
-OFF_BOUNDARY_PX = 0.01 * math.sqrt(2)
+# boundaries; irrational offsets keep them off. The two ends get different ones: equal offsets cancel at the
+# region's midpoint (unit 0.5), which is a cell centre, where the quarter offset's direction flips, on UDP's grid.
+OFF_BOUNDARY_LOW_PX, OFF_BOUNDARY_HIGH_PX = 0.01 * math.sqrt(2), 0.01 * math.sqrt(3)
 
 
 CASES = [pytest.param(name, overrides, id=f"{name}[{variant_label(overrides)}]")
@@ -68,8 +69,8 @@ def interior(input_size, unit: torch.Tensor, room=(0.0, 0.0), central: bool = Fa
         margin = torch.tensor([width / 4, height / 4])
     else:
         margin = torch.tensor([interior_margin_px(width), interior_margin_px(height)])
-    low = margin + OFF_BOUNDARY_PX
-    high = torch.tensor([width, height]) - margin - torch.tensor(room) - OFF_BOUNDARY_PX
+    low = margin + OFF_BOUNDARY_LOW_PX
+    high = torch.tensor([width, height]) - margin - torch.tensor(room) - OFF_BOUNDARY_HIGH_PX
     return low + unit * (high - low)
 
 
