@@ -6,6 +6,13 @@ answers. Each representation is trained by ``heatbench.train.train`` (the defaul
 backbone, optimizer, schedule, augmentation and precision; only the epoch count and batch size are the
 task's) and must bring its validation error below LEARNED_FRACTION of the mean pose's. A head that starts
 from PyTorch's default init instead of the reference codes' N(0, 0.001) does not get there in these steps.
+
+The heatmap + offset learns this task about four times slower than the rest, so it gets four times the
+epochs: its class map is a disk of 0.75 cells, 1 to 4 of the 8x8 map's 64 cells, and until that map has
+found the dot, the offset read at its argmax is unsupervised. After 16 epochs (bf16, one thread) four seeds
+left it at 0.47-0.90 of the mean-pose error, where every other built-in was at 0.11-0.16; after 64, at
+0.06-0.17. It starts slowly on the mouse frames too (5.8 px after 300 steps, the heatmap 3.4) and ends
+their best row.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ SIZE = 32           # image and network input, px: C5 is one cell, the neck's de
 DOT_RADIUS = 3.0    # px
 TRAIN_IMAGES, VAL_IMAGES = 128, 16
 EPOCHS, BATCH = 16, 16  # 128 optimizer steps
+SLOW_STARTER_EPOCHS = {"offset": 64}  # see the module docstring
 LEARNED_FRACTION = 0.5  # of the mean-pose error
 
 
@@ -61,10 +69,14 @@ def dots(tmp_path_factory):
     return dot_dataset(root / "train", TRAIN_IMAGES, seed=1), dot_dataset(root / "val", VAL_IMAGES, seed=2)
 
 
+def epochs(name: str) -> int:
+    return SLOW_STARTER_EPOCHS.get(name, EPOCHS)
+
+
 def learned_fraction(name: str, train_set: KeypointDataset, val_set: KeypointDataset) -> float:
     """Validation mean error of ``name`` trained on the task, over the mean pose's."""
     representation = build_representation(name, (SIZE, SIZE), 1)
-    config = TrainConfig(epochs=EPOCHS, batch_size=BATCH)
+    config = TrainConfig(epochs=epochs(name), batch_size=BATCH)
     seed_everything(0)
     model = build_model(representation, config)
     device = torch.device("cpu")
@@ -85,4 +97,4 @@ def two_threads():
 @pytest.mark.parametrize("name", available_representations())
 def test_every_representation_learns_the_dot_task_well_beyond_the_mean_pose(name, dots, two_threads):
     fraction = learned_fraction(name, *dots)
-    assert fraction < LEARNED_FRACTION, f"{name}: {fraction:.2f} of the mean-pose error after {EPOCHS} epochs"
+    assert fraction < LEARNED_FRACTION, f"{name}: {fraction:.2f} of the mean-pose error after {epochs(name)} epochs"
