@@ -7,12 +7,9 @@ backbone, optimizer, schedule, augmentation and precision; only the epoch count 
 task's) and must bring its validation error below LEARNED_FRACTION of the mean pose's. A head that starts
 from PyTorch's default init instead of the reference codes' N(0, 0.001) does not get there in these steps.
 
-The heatmap + offset learns this task about four times slower than the rest, so it gets four times the
-epochs: its class map is a disk of 0.75 cells, 1 to 4 of the 8x8 map's 64 cells, and until that map has
-found the dot, the offset read at its argmax is unsupervised. After 16 epochs (bf16, one thread) four seeds
-left it at 0.47-0.90 of the mean-pose error, where every other built-in was at 0.11-0.16; after 64, at
-0.06-0.17. It starts slowly on the mouse frames too (5.8 px after 300 steps, the heatmap 3.4) and ends
-their best row.
+The heatmap + offset gets four times the epochs: its class map is a disk of 0.75 cells, 1 to 4 of the 8x8
+map's 64 cells, and until that map has found the dot the offset read at its argmax is unsupervised, so it
+learns this task about four times slower than the rest (docs/training.md, "The offset starts slowly").
 """
 from __future__ import annotations
 
